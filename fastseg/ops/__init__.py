@@ -1,0 +1,4 @@
+"""fastseg's operators: drop-in replacements for ``torchvision.ops`` (same signatures, same results)."""
+from fastseg.ops.nms import batched_nms, nms
+
+__all__ = ["nms", "batched_nms"]

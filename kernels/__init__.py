@@ -1,0 +1,1 @@
+"""Triton kernels of fastseg, one file per op (e.g. ``kernels.nms``)."""

@@ -34,6 +34,18 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for that cannot run the given input."""
 
 
+# Every public op and its implementations by backend name, filled by the fastseg.ops modules.
+OPS: dict[str, Mapping[str, Callable]] = {}
+
+
+def register(op: str, impls: Mapping[str, Callable]) -> Mapping[str, Callable]:
+    """Declare op `op` (its name in every layer) and its implementations; returns `impls`."""
+    if "torch" not in impls:
+        raise ValueError(f"register({op!r}): every op needs its 'torch' reference implementation")
+    OPS[op] = impls
+    return impls
+
+
 def _check_name(name: str, where: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"{where}: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

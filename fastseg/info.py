@@ -18,7 +18,6 @@ def _registered(op: str, key: str) -> bool:
 def info() -> dict:
     """A dict describing the extension, its kernels, Triton, the GPU and what ``auto`` picks."""
     from fastseg import __version__
-    from fastseg.ops.nms import NMS_IMPLS
 
     try:
         import triton
@@ -26,7 +25,7 @@ def info() -> dict:
         triton_version = triton.__version__
     except Exception:
         triton_version = None
-    ops = ["nms", "batched_nms"]
+    ops = [op for op, impls in backend.OPS.items() if "native" in impls]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return {
         "fastseg": __version__,
@@ -52,7 +51,8 @@ def info() -> dict:
                   for b in backend.BACKENDS if b != "auto"}
             for dev in devices
         },
-        "auto": {dev: backend.auto_choice("nms", dev, NMS_IMPLS) for dev in devices},
+        "auto": {dev: {op: backend.auto_choice(op, dev, impls) for op, impls in backend.OPS.items()}
+                 for dev in devices},
         "threads": torch.get_num_threads(),
         "env": {k: v for k, v in os.environ.items() if k.startswith(("FASTSEG_", "TRITON_INTERPRET"))},
     }

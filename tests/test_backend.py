@@ -105,7 +105,7 @@ def test_info_describes_the_install():
     assert d["extension"]["cpu_kernels"] == {"nms": True, "batched_nms": True}
     assert d["triton"]["version"]
     assert d["backends"]["cpu"]["native"] == "available"
-    assert d["auto"]["cpu"] == "native"
+    assert d["auto"]["cpu"] == {"nms": "native", "batched_nms": "native"}
     json.dumps(d)  # plain data
 
 

@@ -53,19 +53,28 @@ FASTSEG_CLONES void suppress(const T* __restrict x1, const T* __restrict y1, con
   }
 }
 
+#ifndef FASTSEG_NMS_MIN_PRUNE
+#define FASTSEG_NMS_MIN_PRUNE 512
+#endif
+
 // Greedy NMS of n boxes given in score order (x1[i].. of rank i). Writes keep[i] = 1 for kept ranks.
 template <typename T>
 void nms_ranked(const T* x1, const T* y1, const T* x2, const T* y2, int64_t n, T thr, uint8_t* keep) {
   // The x-ordering pays from a few dozen boxes on; NaN coordinates break it. Else: the full scan.
-  bool finite_order = n >= 48;
+  bool finite_order = n >= FASTSEG_NMS_MIN_PRUNE;
   for (int64_t i = 0; i < n && finite_order; ++i)
     finite_order = !(std::isnan(x1[i]) || std::isnan(x2[i]));
 
-  // pos[i]: where rank i sits in window order.
+  // pos[i]: where rank i sits in window order. Ties in x1 may go either way: pruning stays exact.
   std::vector<int32_t> pos(n);
-  std::iota(pos.begin(), pos.end(), 0);
-  if (finite_order)
-    std::stable_sort(pos.begin(), pos.end(), [&](int32_t a, int32_t b) { return x1[a] < x1[b]; });
+  if (finite_order) {
+    std::vector<std::pair<T, int32_t>> by_x1(n);
+    for (int64_t i = 0; i < n; ++i) by_x1[i] = {x1[i], static_cast<int32_t>(i)};
+    std::sort(by_x1.begin(), by_x1.end());
+    for (int64_t k = 0; k < n; ++k) pos[k] = by_x1[k].second;
+  } else {
+    std::iota(pos.begin(), pos.end(), 0);
+  }
   Soa<T> s;
   s.resize(n);
   for (int64_t k = 0; k < n; ++k) {

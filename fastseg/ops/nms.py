@@ -32,12 +32,12 @@ def _triton_batched_nms(boxes, scores, idxs, iou_threshold):
     return triton_nms.batched_nms(boxes, scores, idxs, iou_threshold)
 
 
-NMS_IMPLS = {"native": _native_nms, "triton": _triton_nms, "torch": reference.nms}
-BATCHED_NMS_IMPLS = {
+NMS_IMPLS = backend.register("nms", {"native": _native_nms, "triton": _triton_nms, "torch": reference.nms})
+BATCHED_NMS_IMPLS = backend.register("batched_nms", {
     "native": _native_batched_nms,
     "triton": _triton_batched_nms,
     "torch": reference.batched_nms,
-}
+})
 
 
 def _check(op: str, boxes, scores, iou_threshold, idxs=None) -> float:

@@ -1,4 +1,5 @@
-"""The benchmark suite behind ``fastseg bench`` (and ``make bench``).
+"""The benchmark suite behind ``fastseg bench`` (and ``make bench``). One module per op family in this
+package (``fastseg/bench/nms.py``...), each with ``cases(device, quick) -> list[Case]``.
 
 Every case times a fastseg backend and its peer (torchvision) side by side in one process: the two are
 run alternately, each repetition on the next of several input sets (so caches do not flatter either),
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib
 import json
 import os
+import pkgutil
 import platform
 import statistics
 import subprocess
@@ -23,7 +26,6 @@ import torch
 
 import fastseg
 from fastseg import backend
-from fastseg.ops.nms import BATCHED_NMS_IMPLS, NMS_IMPLS
 
 
 @dataclasses.dataclass
@@ -41,59 +43,10 @@ class Case:
     impls: dict
 
 
-def random_boxes(n: int, seed: int, device="cpu", dtype=torch.float32, extent=1000.0, max_side=100.0):
-    """n boxes with corners uniform in [0, extent]^2 and sides uniform in [0, max_side]: the usual
-    NMS benchmark distribution (most boxes survive IoU 0.5, so a plain O(N^2) scan does all pairs)."""
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(n, 2, generator=g) * extent
-    wh = torch.rand(n, 2, generator=g) * max_side
-    boxes = torch.cat([xy, xy + wh], 1).to(device=device, dtype=dtype)
-    scores = torch.rand(n, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
-    return boxes, scores
+def suites() -> dict:
+    """Op family -> cases(device, quick) -> list[Case], one module per family in this package."""
+    return {m.name: importlib.import_module(f"{__name__}.{m.name}").cases for m in pkgutil.iter_modules(__path__)}
 
-
-def _same_indices(out, expected, inputs):
-    if not torch.equal(out.cpu(), expected.cpu()):
-        raise AssertionError(f"fastseg and the peer disagree ({out.numel()} vs {expected.numel()} kept)")
-
-
-def _same_kept_set(out, expected, inputs):
-    # torchvision's batched_nms orders tied scores arbitrarily above 4,000 boxes on the CPU: compare the
-    # kept set and the score sequence, which are defined.
-    scores = inputs[1]
-    if set(out.tolist()) != set(expected.tolist()) or not torch.equal(scores[out], scores[expected]):
-        raise AssertionError("fastseg and the peer keep different boxes")
-
-
-def nms_cases(device: str, quick: bool) -> list[Case]:
-    import torchvision
-
-    cases = []
-    if device == "cpu":
-        sizes, dtypes = ([1_000, 10_000] if quick else [1_000, 3_000, 10_000, 30_000]), [torch.float32]
-    else:
-        sizes, dtypes = ([10_000, 100_000] if quick else [1_000, 10_000, 30_000, 100_000]), [torch.float32, torch.float16]
-    for dtype in dtypes:
-        for n in sizes:
-            cases.append(Case(
-                "nms", f"{n} boxes, IoU 0.5", n, dtype, device,
-                lambda seed, n=n, dtype=dtype: (*random_boxes(n, seed, device, dtype), 0.5),
-                fastseg.ops.nms, torchvision.ops.nms, "torchvision", _same_indices, NMS_IMPLS))
-        n, classes = 20_000, 80
-        for n in ([n] if quick or device == "cpu" else [n, 100_000]):
-            def make(seed, n=n, dtype=dtype):
-                boxes, scores = random_boxes(n, seed, device, dtype)
-                g = torch.Generator().manual_seed(seed + 1)
-                return boxes, scores, torch.randint(0, classes, (n,), generator=g).to(device), 0.5
-
-            cases.append(Case(
-                "batched_nms", f"{n} boxes, {classes} classes, IoU 0.5", n, dtype, device, make,
-                fastseg.ops.batched_nms, torchvision.ops.batched_nms, "torchvision", _same_kept_set,
-                BATCHED_NMS_IMPLS))
-    return cases
-
-
-SUITES = {"nms": nms_cases}
 
 
 def _sync(device: str):
@@ -184,7 +137,8 @@ def format_table(records: Sequence[dict]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser):
-    p.add_argument("--ops", default=",".join(SUITES), help=f"comma-separated op families ({', '.join(SUITES)})")
+    families = ", ".join(suites())
+    p.add_argument("--ops", default=None, help=f"comma-separated op families (default: all of {families})")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions")
     p.add_argument("--devices", default=None, help="comma-separated devices (default: cpu, and cuda if present)")
     p.add_argument("--backends", default=None,
@@ -193,13 +147,14 @@ def add_arguments(p: argparse.ArgumentParser):
 
 
 def run(args) -> int:
-    ops = [o for o in args.ops.split(",") if o]
-    unknown = [o for o in ops if o not in SUITES]
+    available = suites()
+    ops = [o for o in args.ops.split(",") if o] if args.ops else list(available)
+    unknown = [o for o in ops if o not in available]
     if unknown:
-        print(f"fastseg bench: unknown op family {', '.join(unknown)}; choose from {', '.join(SUITES)}", file=sys.stderr)
+        print(f"fastseg bench: unknown op family {', '.join(unknown)}; choose from {', '.join(available)}", file=sys.stderr)
         return 2
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    cases = [c for op in ops for d in devices for c in SUITES[op](d, args.quick)]
+    cases = [c for op in ops for d in devices for c in available[op](d, args.quick)]
     records = []
     for i, case in enumerate(cases):
         names = (args.backends or "auto").split(",")

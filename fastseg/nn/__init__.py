@@ -1,0 +1,1 @@
+"""Layers with no configuration (drop-in nn.Modules built on fastseg.ops)."""

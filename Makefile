@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
-DEV_DEPS := pytest hypothesis pytest-benchmark numpy ninja
+DEV_DEPS := pytest hypothesis pytest-benchmark numpy ninja matplotlib
 export MAX_JOBS ?= 2
 
-.PHONY: setup build test bench info gpu-check clean
+.PHONY: setup build test bench bench-pytest info gpu-check clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: build
 
 bench: build
 	$(PY) -m fastseg bench
+
+# The same cases through pytest-benchmark (one test per case and implementation).
+bench-pytest: build
+	$(PY) -m pytest -q benchmarks -p no:randomly --benchmark-columns=median,iqr,rounds --benchmark-sort=name
 
 info: build
 	$(PY) -m fastseg info

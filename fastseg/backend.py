@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import json
+import math
 import os
 from typing import Callable, Iterator, Mapping
 
@@ -22,10 +24,12 @@ from fastseg import _extension
 
 BACKENDS = ("auto", "native", "triton", "torch")
 
-# What `auto` tries, in order, per device type. Measured on a 2-core CPU (benchmarks/results):
-# native C++ beats the reference by 100x or more and the Triton interpreter is for testing only; on
-# CUDA the native kernels come first, Triton where the extension was built without CUDA.
+# `auto` first takes the backend measured fastest for the op and device type, recorded in
+# auto_backends.json by `fastseg bench --backends all --update-auto`; where there is no measurement
+# (or that backend cannot run here) it tries these in order: the native kernels, then Triton on CUDA
+# (the Triton interpreter is for tests only), then the reference.
 AUTO_ORDER = {"cpu": ("native", "torch"), "cuda": ("native", "triton", "torch")}
+AUTO_TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "auto_backends.json")
 
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastseg_backend", default=None)
 
@@ -119,7 +123,8 @@ def select(op: str, device: torch.device, impls: Mapping[str, Callable]) -> tupl
         if reason is not None:
             raise BackendUnavailableError(f"fastseg: backend {asked!r} cannot run {op} on {device}: {reason}")
         return asked, impls[asked]
-    for candidate in AUTO_ORDER.get(device.type, ("torch",)):
+    measured = auto_table().get(device.type, {}).get(op)
+    for candidate in ((measured,) if measured else ()) + AUTO_ORDER.get(device.type, ("torch",)):
         if candidate in impls and unavailable_reason(candidate, device) is None:
             return candidate, impls[candidate]
     return "torch", impls["torch"]
@@ -132,3 +137,38 @@ def auto_choice(op: str, device: torch.device | str, impls: Mapping[str, Callabl
         return select(op, torch.device(device), impls)[0]
     finally:
         _forced.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def auto_table() -> dict:
+    """{device type: {op: fastest measured backend}} from auto_backends.json."""
+    try:
+        with open(AUTO_TABLE_PATH) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def update_auto_table(records: list[dict]) -> dict:
+    """Record, per (device type, op), the backend with the lowest geometric-mean time over the sizes
+    that every measured backend ran; returns {(device type, op): backend}."""
+    groups: dict = {}
+    for r in records:
+        if r["backend"] != "auto":
+            groups.setdefault((torch.device(r["device"]).type, r["op"]), []).append(r)
+    table = json.loads(json.dumps(auto_table()))  # a copy
+    choices = {}
+    for (device_type, op), rs in groups.items():
+        by_backend: dict = {}
+        for r in rs:
+            by_backend.setdefault(r["backend"], {})[(r["shape"], r["dtype"])] = r["fastseg_ms"]
+        common = set.intersection(*(set(t) for t in by_backend.values()))
+        if not common:
+            continue
+        score = {b: sum(math.log(t[k]) for k in common) for b, t in by_backend.items()}
+        choices[(device_type, op)] = table.setdefault(device_type, {})[op] = min(score, key=score.get)
+    with open(AUTO_TABLE_PATH, "w") as f:
+        json.dump(table, f, indent=1, sort_keys=True)
+        f.write("\n")
+    auto_table.cache_clear()
+    return choices

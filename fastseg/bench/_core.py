@@ -1,0 +1,128 @@
+"""Cases, timing and the environment record of the benchmark suite."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import os
+import pkgutil
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+import fastseg
+from fastseg import backend
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    shape: str
+    size: int  # problem size (boxes, elements...), the x axis of the scaling view
+    dtype: torch.dtype
+    device: str
+    make: Callable[[int], tuple]  # seed -> inputs
+    fastseg: Callable
+    peer: Callable
+    peer_name: str
+    check: Callable[[Any, Any, tuple], None]  # raises if fastseg's result is not the peer's
+    impls: dict  # the op's implementations by backend (backend.OPS[op])
+
+
+def suites() -> dict:
+    """Op family -> ``cases(device, quick) -> list[Case]``: one public module per family in
+    fastseg.bench (``nms.py``...); modules starting with ``_`` are the machinery."""
+    import fastseg.bench as package
+
+    return {m.name: importlib.import_module(f"{package.__name__}.{m.name}").cases
+            for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")}
+
+
+def sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_pair(case: Case, fn_a: Callable, fn_b: Callable, quick: bool) -> tuple[list[float], list[float]]:
+    """Alternate runs of fn_a and fn_b, each repetition on the next of three input sets (so that a
+    memory-bound kernel is not flattered by a warm cache), synchronising the GPU inside the timed
+    region. Returns both lists of seconds."""
+    inputs = [case.make(seed) for seed in range(3)]
+    for args in inputs:  # warm-up: first-call costs (allocation, autotuning, imports), every input
+        fn_a(*args), fn_b(*args)
+    sync(case.device)
+    budget = 0.3 if quick else 1.5  # seconds per implementation
+    min_reps, max_reps = (5, 30) if quick else (9, 100)
+    times_a, times_b = [], []
+    start = time.perf_counter()
+    while True:
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            args = inputs[len(times) % len(inputs)]
+            sync(case.device)
+            t0 = time.perf_counter()
+            fn(*args)
+            sync(case.device)
+            times.append(time.perf_counter() - t0)
+        n = len(times_a)
+        if n >= max_reps or (n >= min_reps and time.perf_counter() - start > 2 * budget):
+            return times_a, times_b
+
+
+def rel_mad(times: list[float]) -> float:
+    """Median absolute deviation over the median: the run's own noise."""
+    m = statistics.median(times)
+    return statistics.median(abs(t - m) for t in times) / m if m > 0 else 0.0
+
+
+def run_case(case: Case, backend_name: str, quick: bool) -> dict:
+    """Check fastseg (forced to `backend_name`) against the peer, then time both."""
+    def fast(*args):
+        with fastseg.use_backend(backend_name):
+            return case.fastseg(*args)
+
+    args = case.make(0)
+    case.check(fast(*args), case.peer(*args), args)  # correctness first
+    t_fast, t_peer = time_pair(case, fast, case.peer, quick)
+    fast_ms, peer_ms = statistics.median(t_fast) * 1e3, statistics.median(t_peer) * 1e3
+    return {
+        "op": case.op, "shape": case.shape, "size": case.size, "dtype": str(case.dtype).replace("torch.", ""),
+        "device": case.device, "backend": backend_name,
+        "auto": backend.auto_choice(case.op, case.device, case.impls),
+        "fastseg_ms": fast_ms, "peer": case.peer_name, "peer_ms": peer_ms, "speedup": peer_ms / fast_ms,
+        "repeats": len(t_fast), "fastseg_rel_mad": rel_mad(t_fast), "peer_rel_mad": rel_mad(t_peer),
+        "fastseg_ms_all": [t * 1e3 for t in t_fast], "peer_ms_all": [t * 1e3 for t in t_peer],
+    }
+
+
+def environment() -> dict:
+    """Where and with what the results were measured."""
+    def version(module):
+        try:
+            return importlib.import_module(module).__version__
+        except Exception:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit or None, "python": sys.version.split()[0], "torch": torch.__version__,
+        "torchvision": version("torchvision"), "triton": version("triton"), "cpu": cpu,
+        "cpu_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "fastseg": fastseg.__version__,
+    }

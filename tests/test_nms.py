@@ -96,6 +96,14 @@ def edge_cases():
     yield "threshold > 1", random_boxes(80, 4)[0], random_boxes(80, 4)[1], 1.5
     yield "nan score", t([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 6.0, 6.0]]), t([0.5, float("nan"), 0.9]), 0.5
     yield "huge coordinates", t([[0.0, 0.0, 3e19, 3e19], [1e19, 1e19, 3e19, 3e19]]), t([0.9, 0.8]), 0.4
+    nan, inf = float("nan"), float("inf")
+    odd = t([[0, 0, 1, 1.0], [nan, 0, 1, 1], [0, 0, nan, 1], [0, 0, 1, 1], [0.5, 0, 1.5, 1]])
+    yield "nan coordinates", odd, t([0.9, 0.8, 0.7, 0.6, 0.5]), 0.3
+    # 600 boxes: above the size where the CPU kernel prunes by x, which NaN must switch off
+    yield "nan coordinates, many", odd.repeat(120, 1) + torch.arange(120.0).repeat_interleave(5)[:, None] * 0.1, \
+        torch.rand(600, generator=torch.Generator().manual_seed(3)), 0.3
+    yield "inf coordinates", t([[0, 0, inf, 1.0], [1, 0, inf, 1], [-inf, 0, 1, 1], [0, 0, 1, 1], [0.5, 0, 1.5, 1]]), \
+        t([0.9, 0.8, 0.7, 0.6, 0.5]), 0.3
     big = random_boxes(120, 5, extent=1e4, max_side=20.0)
     yield "sparse, many blocks", big[0], big[1], 0.2
     wide = random_boxes(100, 6)

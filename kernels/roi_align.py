@@ -17,12 +17,12 @@ fp32 divisions use ``div_rn`` so that GPU results round as the C++ kernels do.
 
 Kernels
 -------
-``_fwd_kernel``: one program per (RoI, bin, block of channels), vectorised over channels; reads the
+``_fwd_kernel``: one program per (RoI, block of channels), all bins as a [bins, channels] tile; reads the
 maps through their strides (NCHW, channels_last or any view, no copy). Levels: the maps stay where
 they are; a small ``meta`` table gives, per level, the element offset of its storage from the first
 map's, its H, W and strides, so one launch serves every level.
 
-``_bwd_atomic_kernel`` (the default): same grid; adds ``grad * w / count`` to the four corners of every
+``_bwd_atomic_kernel`` (the default): same tiles; adds ``grad * w / count`` to the four corners of every
 sample with ``atomic_add`` into a flat fp32/fp64 accumulator holding every level's gradient
 channels-last.
 
@@ -46,7 +46,7 @@ __all__ = ["roi_align", "multi_level_roi_align"]
 # Channels per program: a bin's 4 corners are 4 contiguous runs in channels_last maps. 64 keeps a
 # 256-channel FPN map at 4 programs per bin. Not tuned on a GPU yet.
 BLOCK_C = 64
-NUM_WARPS = 2
+NUM_WARPS = 4
 # int64 entries per level in the meta table: offset, H, W, strides n, c, h, w, gradient offset, C (padded).
 META = 16
 
@@ -115,42 +115,62 @@ def _roi(rois_ptr, levels_ptr, meta_ptr, scales_ptr, k, HAS_LEVELS: tl.constexpr
 
 
 @triton.jit
+def _level(m):
+    return (m, tl.load(m + 0), tl.load(m + 1).to(tl.int32), tl.load(m + 2).to(tl.int32), tl.load(m + 3),
+            tl.load(m + 4), tl.load(m + 5), tl.load(m + 6))
+
+
+@triton.jit
+def _tile_samples(x_ptr, off, n, sn, sc, sh, sw, H, W, c, cmask, bmask, sy, bh, gh, sx, bw, gw, ph, pw, iy, ix,
+                  IS_FP64: tl.constexpr):
+    """Sample (iy, ix) of every bin (vectors ph, pw) for channels c: its value [BLOCK_B, BLOCK_C], its
+    four corner cell indices and weights [BLOCK_B], and whether it lies in the map."""
+    COMPUTE: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    ylo, yhi, ylw, yhw, yv = _axis(sy, bh, gh, ph, iy, H, IS_FP64)
+    xlo, xhi, xlw, xhw, xv = _axis(sx, bw, gw, pw, ix, W, IS_FP64)
+    base = x_ptr + off + n * sn + c.to(tl.int64)[None, :] * sc
+    m = bmask[:, None] & cmask[None, :]
+    v1 = tl.load(base + (ylo * sh + xlo * sw)[:, None], mask=m, other=0.0).to(COMPUTE)
+    v2 = tl.load(base + (ylo * sh + xhi * sw)[:, None], mask=m, other=0.0).to(COMPUTE)
+    v3 = tl.load(base + (yhi * sh + xlo * sw)[:, None], mask=m, other=0.0).to(COMPUTE)
+    v4 = tl.load(base + (yhi * sh + xhi * sw)[:, None], mask=m, other=0.0).to(COMPUTE)
+    w1 = ylw * xlw
+    w2 = ylw * xhw
+    w3 = yhw * xlw
+    w4 = yhw * xhw
+    val = w1[:, None] * v1 + w2[:, None] * v2 + w3[:, None] * v3 + w4[:, None] * v4
+    ok = yv & xv
+    val = tl.where(ok[:, None], val, 0.0)
+    return val, ok, ylo, yhi, xlo, xhi, w1, w2, w3, w4
+
+
+@triton.jit
 def _fwd_kernel(x_ptr, rois_ptr, levels_ptr, meta_ptr, scales_ptr, out_ptr, C, SR,
                 PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
-                HAS_LEVELS: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr):
+                HAS_LEVELS: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+    # One program per (RoI, block of channels), all bins of the RoI at once: a [BLOCK_B, BLOCK_C] tile.
     k = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1)
-    cb = tl.program_id(2)
+    cb = tl.program_id(1)
     COMPUTE: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    n, x1, y1, x2, y2, scale, m = _roi(rois_ptr, levels_ptr, meta_ptr, scales_ptr, k, HAS_LEVELS, COMPUTE)
-    off = tl.load(m + 0)
-    H = tl.load(m + 1).to(tl.int32)
-    W = tl.load(m + 2).to(tl.int32)
-    sn = tl.load(m + 3)
-    sc = tl.load(m + 4)
-    sh = tl.load(m + 5)
-    sw = tl.load(m + 6)
+    n, x1, y1, x2, y2, scale, mp = _roi(rois_ptr, levels_ptr, meta_ptr, scales_ptr, k, HAS_LEVELS, COMPUTE)
+    m, off, H, W, sn, sc, sh, sw = _level(mp)
+    b = tl.arange(0, BLOCK_B)
+    bmask = b < PH * PW
     ph = b // PW
     pw = b % PW
     sy, bh, gh = _geometry(y1, y2, scale, tl.full((), PH, tl.int32), SR, ALIGNED, IS_FP64)
     sx, bw, gw = _geometry(x1, x2, scale, tl.full((), PW, tl.int32), SR, ALIGNED, IS_FP64)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    base = x_ptr + off + n * sn + c.to(tl.int64) * sc
     if MAX_MODE:
-        acc = tl.full((BLOCK_C,), float("-inf"), COMPUTE)
+        acc = tl.full((BLOCK_B, BLOCK_C), float("-inf"), COMPUTE)
     else:
-        acc = tl.zeros((BLOCK_C,), COMPUTE)
+        acc = tl.zeros((BLOCK_B, BLOCK_C), COMPUTE)
     for iy in range(0, gh):
-        ylo, yhi, ylw, yhw, yv = _axis(sy, bh, gh, ph, iy, H, IS_FP64)
         for ix in range(0, gw):
-            xlo, xhi, xlw, xhw, xv = _axis(sx, bw, gw, pw, ix, W, IS_FP64)
-            v1 = tl.load(base + ylo * sh + xlo * sw, mask=cmask, other=0.0).to(COMPUTE)
-            v2 = tl.load(base + ylo * sh + xhi * sw, mask=cmask, other=0.0).to(COMPUTE)
-            v3 = tl.load(base + yhi * sh + xlo * sw, mask=cmask, other=0.0).to(COMPUTE)
-            v4 = tl.load(base + yhi * sh + xhi * sw, mask=cmask, other=0.0).to(COMPUTE)
-            val = ylw * xlw * v1 + ylw * xhw * v2 + yhw * xlw * v3 + yhw * xhw * v4
-            val = tl.where(yv & xv, val, 0.0)
+            val, ok, ylo, yhi, xlo, xhi, w1, w2, w3, w4 = _tile_samples(
+                x_ptr, off, n, sn, sc, sh, sw, H, W, c, cmask, bmask, sy, bh, gh, sx, bw, gw, ph, pw, iy, ix,
+                IS_FP64)
             if MAX_MODE:
                 acc = tl.where(val > acc, val, acc)
             else:
@@ -160,7 +180,8 @@ def _fwd_kernel(x_ptr, rois_ptr, levels_ptr, meta_ptr, scales_ptr, out_ptr, C, S
     else:
         cnt = tl.maximum(gh * gw, 1)
         out = _div(acc, cnt.to(COMPUTE), IS_FP64)
-    tl.store(out_ptr + (k * C + c) * (PH * PW) + b, out.to(out_ptr.dtype.element_ty), mask=cmask)
+    o = (k * C + c.to(tl.int64))[None, :] * (PH * PW) + b[:, None]
+    tl.store(out_ptr + o, out.to(out_ptr.dtype.element_ty), mask=bmask[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -241,21 +262,72 @@ def _add(ptr, val, mask, ATOMIC: tl.constexpr):
 @triton.jit
 def _bwd_atomic_kernel(grad_ptr, gs_k, gs_c, x_ptr, rois_ptr, levels_ptr, meta_ptr, scales_ptr, acc_ptr, C, SR,
                        PH: tl.constexpr, PW: tl.constexpr, ALIGNED: tl.constexpr, MAX_MODE: tl.constexpr,
-                       HAS_LEVELS: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr):
+                       HAS_LEVELS: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_B: tl.constexpr,
+                       BLOCK_C: tl.constexpr):
+    # Same tiles as the forward; atomics absorb bins (and RoIs) that share a corner.
     k = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1)
-    cb = tl.program_id(2)
+    cb = tl.program_id(1)
     COMPUTE: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    n, x1, y1, x2, y2, scale, m = _roi(rois_ptr, levels_ptr, meta_ptr, scales_ptr, k, HAS_LEVELS, COMPUTE)
+    n, x1, y1, x2, y2, scale, mp = _roi(rois_ptr, levels_ptr, meta_ptr, scales_ptr, k, HAS_LEVELS, COMPUTE)
+    m, off, H, W, sn, sc, sh, sw = _level(mp)
+    aoff = tl.load(m + 7)
+    b = tl.arange(0, BLOCK_B)
+    bmask = b < PH * PW
     ph = b // PW
     pw = b % PW
     sy, bh, gh = _geometry(y1, y2, scale, tl.full((), PH, tl.int32), SR, ALIGNED, IS_FP64)
     sx, bw, gw = _geometry(x1, x2, scale, tl.full((), PW, tl.int32), SR, ALIGNED, IS_FP64)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    g = tl.load(grad_ptr + k * gs_k + c.to(tl.int64) * gs_c + b, mask=cmask, other=0.0).to(COMPUTE)
-    _bin_backward(x_ptr, acc_ptr, m, n, c, cmask, g, sy, bh, gh, sx, bw, gw, ph, pw, MAX_MODE, True, IS_FP64,
-                  BLOCK_C)
+    tmask = bmask[:, None] & cmask[None, :]
+    g = tl.load(grad_ptr + k * gs_k + c.to(tl.int64)[None, :] * gs_c + b[:, None], mask=tmask, other=0.0).to(COMPUTE)
+    abase = acc_ptr + aoff + n * H * W * C + c[None, :]
+    if MAX_MODE:
+        best = tl.full((BLOCK_B, BLOCK_C), float("-inf"), COMPUTE)
+        i1 = tl.full((BLOCK_B, BLOCK_C), -1, tl.int64)
+        i2 = tl.full((BLOCK_B, BLOCK_C), -1, tl.int64)
+        i3 = tl.full((BLOCK_B, BLOCK_C), -1, tl.int64)
+        i4 = tl.full((BLOCK_B, BLOCK_C), -1, tl.int64)
+        bw1 = tl.zeros((BLOCK_B, BLOCK_C), COMPUTE)
+        bw2 = tl.zeros((BLOCK_B, BLOCK_C), COMPUTE)
+        bw3 = tl.zeros((BLOCK_B, BLOCK_C), COMPUTE)
+        bw4 = tl.zeros((BLOCK_B, BLOCK_C), COMPUTE)
+        for iy in range(0, gh):
+            for ix in range(0, gw):
+                val, ok, ylo, yhi, xlo, xhi, w1, w2, w3, w4 = _tile_samples(
+                    x_ptr, off, n, sn, sc, sh, sw, H, W, c, cmask, bmask, sy, bh, gh, sx, bw, gw, ph, pw, iy, ix,
+                    IS_FP64)
+                take = val > best
+                best = tl.where(take, val, best)
+                # A winning sample outside the map has no inputs: index -1, nothing to add.
+                i1 = tl.where(take, tl.where(ok, ylo * W + xlo, -1).to(tl.int64)[:, None], i1)
+                i2 = tl.where(take, tl.where(ok, ylo * W + xhi, -1).to(tl.int64)[:, None], i2)
+                i3 = tl.where(take, tl.where(ok, yhi * W + xlo, -1).to(tl.int64)[:, None], i3)
+                i4 = tl.where(take, tl.where(ok, yhi * W + xhi, -1).to(tl.int64)[:, None], i4)
+                bw1 = tl.where(take, w1[:, None], bw1)
+                bw2 = tl.where(take, w2[:, None], bw2)
+                bw3 = tl.where(take, w3[:, None], bw3)
+                bw4 = tl.where(take, w4[:, None], bw4)
+        ok = tmask & (i1 >= 0)
+        tl.atomic_add(abase + i1 * C, g * bw1, mask=ok)
+        tl.atomic_add(abase + i2 * C, g * bw2, mask=ok)
+        tl.atomic_add(abase + i3 * C, g * bw3, mask=ok)
+        tl.atomic_add(abase + i4 * C, g * bw4, mask=ok)
+    else:
+        cnt = tl.maximum(gh * gw, 1).to(COMPUTE)
+        for iy in range(0, gh):
+            ylo, yhi, ylw, yhw, yv = _axis(sy, bh, gh, ph, iy, H, IS_FP64)
+            for ix in range(0, gw):
+                xlo, xhi, xlw, xhw, xv = _axis(sx, bw, gw, pw, ix, W, IS_FP64)
+                ok = tmask & (yv & xv)[:, None]
+                tl.atomic_add(abase + ((ylo * W + xlo).to(tl.int64) * C)[:, None],
+                              _div(g * (ylw * xlw)[:, None], cnt, IS_FP64), mask=ok)
+                tl.atomic_add(abase + ((ylo * W + xhi).to(tl.int64) * C)[:, None],
+                              _div(g * (ylw * xhw)[:, None], cnt, IS_FP64), mask=ok)
+                tl.atomic_add(abase + ((yhi * W + xlo).to(tl.int64) * C)[:, None],
+                              _div(g * (yhw * xlw)[:, None], cnt, IS_FP64), mask=ok)
+                tl.atomic_add(abase + ((yhi * W + xhi).to(tl.int64) * C)[:, None],
+                              _div(g * (yhw * xhw)[:, None], cnt, IS_FP64), mask=ok)
 
 
 @triton.jit
@@ -281,6 +353,13 @@ def _bwd_det_kernel(grad_ptr, gs_k, gs_c, x_ptr, rois_ptr, levels_ptr, meta_ptr,
 # --------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------
+def _blocks(bins, C):
+    """Tile [BLOCK_B bins, BLOCK_C channels]: every bin of the RoI, and channels up to 4096 elements."""
+    block_b = triton.next_power_of_2(bins)
+    block_c = max(1, min(triton.next_power_of_2(C), 4096 // block_b, BLOCK_C))
+    return block_b, block_c
+
+
 def _compute_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -321,10 +400,11 @@ def _forward(features, rois, levels, scales, ph, pw, sampling_ratio, aligned, ma
     rois_c = rois.to(_compute_dtype(f0.dtype)).contiguous()
     lv = levels.to(torch.int64).contiguous() if levels is not None else rois_c  # unused when no levels
     sc = torch.tensor(scales, dtype=torch.float64, device=f0.device)
-    grid = (K, ph * pw, triton.cdiv(C, BLOCK_C))
+    block_b, block_c = _blocks(ph * pw, C)
+    grid = (K, triton.cdiv(C, block_c))
     _fwd_kernel[grid](f0, rois_c, lv, meta, sc, out, C, sampling_ratio, PH=ph, PW=pw, ALIGNED=aligned,
                       MAX_MODE=max_mode, HAS_LEVELS=levels is not None, IS_FP64=f0.dtype == torch.float64,
-                      BLOCK_C=BLOCK_C, num_warps=NUM_WARPS)
+                      BLOCK_B=block_b, BLOCK_C=block_c, num_warps=NUM_WARPS)
     return out
 
 
@@ -346,9 +426,10 @@ def _backward(grad, features, rois, levels, scales, ph, pw, sampling_ratio, alig
             _bwd_det_kernel[grid](g, g.stride(0), g.stride(1), f0, rois_c, lv, meta, sc, acc, C, sampling_ratio, K,
                                   **common)
         else:
-            grid = (K, ph * pw, triton.cdiv(C, BLOCK_C))
-            _bwd_atomic_kernel[grid](g, g.stride(0), g.stride(1), f0, rois_c, lv, meta, sc, acc, C, sampling_ratio,
-                                     **common)
+            block_b, block_c = _blocks(ph * pw, C)
+            common.update(BLOCK_C=block_c)
+            _bwd_atomic_kernel[(K, triton.cdiv(C, block_c))](g, g.stride(0), g.stride(1), f0, rois_c, lv, meta, sc,
+                                                            acc, C, sampling_ratio, BLOCK_B=block_b, **common)
     grads, start = [], 0
     for f in features:
         N, _, H, W = f.shape

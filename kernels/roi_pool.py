@@ -7,7 +7,7 @@ Maths (torchvision's integer arithmetic; csrc/roi_pool.h has the same steps)::
     wstart = clip(floor(pw * bin_w) + start_w, 0, W);  wend = clip(ceil((pw + 1) * bin_w) + start_w, 0, W)
     out[k, c, ph, pw] = max over the bin's cells (starting from -FLT_MAX), 0 for an empty bin
 
-``_fwd_kernel``: one program per (RoI, bin, block of channels), vectorised over channels, reading the
+``_fwd_kernel``: one program per (RoI, block of channels), all bins as a [bins, channels] tile, reading the
 map through its strides; it also writes the argmax (``h * W + w``, -1 when no cell beat the start).
 Backward: ``_bwd_atomic_kernel`` adds each bin's gradient at its argmax with ``atomic_add``; under
 ``torch.are_deterministic_algorithms_enabled()`` ``_bwd_det_kernel`` runs one program per (image,
@@ -22,7 +22,7 @@ import triton.language as tl
 __all__ = ["roi_pool"]
 
 BLOCK_C = 64  # channels per program (see kernels/roi_align.py); not tuned on a GPU yet
-NUM_WARPS = 2
+NUM_WARPS = 4
 FLT_MAX = 3.4028234663852886e38
 
 
@@ -63,28 +63,39 @@ def _bin(rois_ptr, k, scale, ph, pw, H, W, PH: tl.constexpr, PW: tl.constexpr, C
 
 @triton.jit
 def _fwd_kernel(x_ptr, rois_ptr, out_ptr, arg_ptr, C, H, W, sn, sc, sh, sw, scale,
-                PH: tl.constexpr, PW: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr):
+                PH: tl.constexpr, PW: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_B: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+    # One program per (RoI, block of channels), every bin at once ([BLOCK_B, BLOCK_C] tile): the loop
+    # runs over the largest bin's extent, each bin reading its own cells (masked beyond its end).
     k = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1)
-    cb = tl.program_id(2)
+    cb = tl.program_id(1)
     COMPUTE: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    b = tl.arange(0, BLOCK_B)
+    bmask = b < PH * PW
     n, hs, he, ws, we = _bin(rois_ptr, k, tl.cast(scale, COMPUTE), b // PW, b % PW, H, W, PH, PW, COMPUTE)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    base = x_ptr + n * sn + c.to(tl.int64) * sc
+    tmask = bmask[:, None] & cmask[None, :]
+    base = x_ptr + n * sn + c.to(tl.int64)[None, :] * sc
     empty = (he <= hs) | (we <= ws)
-    best = tl.full((BLOCK_C,), -FLT_MAX, COMPUTE)
-    best = tl.where(empty, 0.0, best)
-    arg = tl.full((BLOCK_C,), -1, tl.int32)
-    for h in range(hs, he):
-        for w in range(ws, we):
-            v = tl.load(base + h * sh + w * sw, mask=cmask, other=0.0).to(COMPUTE)
-            take = v > best
+    best = tl.full((BLOCK_B, BLOCK_C), -FLT_MAX, COMPUTE)
+    best = tl.where(empty[:, None], 0.0, best)
+    arg = tl.full((BLOCK_B, BLOCK_C), -1, tl.int32)
+    span_h = tl.max(tl.where(bmask, he - hs, 0))
+    span_w = tl.max(tl.where(bmask, we - ws, 0))
+    for dh in range(0, span_h):
+        h = hs + dh
+        for dw in range(0, span_w):
+            w = ws + dw
+            inside = bmask & (h < he) & (w < we)
+            m = inside[:, None] & cmask[None, :]
+            v = tl.load(base + (h * sh + w * sw)[:, None], mask=m, other=0.0).to(COMPUTE)
+            take = m & (v > best)
             best = tl.where(take, v, best)
-            arg = tl.where(take, (h * W + w).to(tl.int32), arg)
-    o = (k * C + c) * (PH * PW) + b
-    tl.store(out_ptr + o, best.to(out_ptr.dtype.element_ty), mask=cmask)
-    tl.store(arg_ptr + o, arg, mask=cmask)
+            arg = tl.where(take, (h * W + w).to(tl.int32)[:, None], arg)
+    o = (k * C + c.to(tl.int64))[None, :] * (PH * PW) + b[:, None]
+    tl.store(out_ptr + o, best.to(out_ptr.dtype.element_ty), mask=tmask)
+    tl.store(arg_ptr + o, arg, mask=tmask)
 
 
 @triton.jit
@@ -144,10 +155,12 @@ def _roi_pool_op(input: torch.Tensor, rois: torch.Tensor, spatial_scale: float, 
     arg = torch.empty((K, C, pooled_height, pooled_width), dtype=torch.int32, device=input.device)
     if K and C:
         ct = _compute_dtype(input.dtype)
-        grid = (K, pooled_height * pooled_width, triton.cdiv(C, BLOCK_C))
+        block_b = triton.next_power_of_2(pooled_height * pooled_width)
+        block_c = max(1, min(triton.next_power_of_2(C), 4096 // block_b, BLOCK_C))
+        grid = (K, triton.cdiv(C, block_c))
         _fwd_kernel[grid](input, rois.to(ct).contiguous(), out, arg, C, H, W, *input.stride(), spatial_scale,
-                          PH=pooled_height, PW=pooled_width, IS_FP64=ct == torch.float64, BLOCK_C=BLOCK_C,
-                          num_warps=NUM_WARPS)
+                          PH=pooled_height, PW=pooled_width, IS_FP64=ct == torch.float64, BLOCK_B=block_b,
+                          BLOCK_C=block_c, num_warps=NUM_WARPS)
     return out, arg
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fastseg import _extension, backend
-from fastseg.ops.roi_align import check_output_size, grad_like, roi_align
+from fastseg.ops.roi_align import check_output_size, grad_like, output_like, roi_align
 from fastseg.reference.roi_align import multi_level_roi_align as _ref_multi_level, roi_align as _ref_roi_align
 
 
@@ -142,8 +142,7 @@ if _extension.loaded():
     @torch.library.register_fake("fastseg::multi_level_roi_align")
     def _fake(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned,
               max_mode=False):
-        f0 = features[0]
-        return f0.new_empty((rois.shape[0], f0.shape[1], pooled_height, pooled_width))
+        return output_like(features, rois, pooled_height, pooled_width)
 
     @torch.library.register_fake("fastseg::multi_level_roi_align_backward")
     def _backward_fake(grad, features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio,

@@ -165,6 +165,16 @@ class RoIAlign(nn.Module):
 
 # --- registration of the native ops: fake kernels and autograd --------------------------------------
 
+def output_like(features, rois: Tensor, pooled_height: int, pooled_width: int) -> Tensor:
+    """An empty tensor with the layout the kernels give the output: channels-last from the CUDA kernel
+    when every map is channels-last (its threads then run channel-fastest), else contiguous."""
+    f0 = features[0]
+    cl = f0.device.type == "cuda" and all(
+        f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous() for f in features)
+    return torch.empty((rois.shape[0], f0.shape[1], pooled_height, pooled_width), dtype=f0.dtype, device=f0.device,
+                       memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
 def grad_like(input: Tensor) -> Tensor:
     """An empty tensor with the layout the kernels give the gradient of `input`: channels-last when the
     input is, else contiguous."""
@@ -180,7 +190,7 @@ if _extension.loaded():
                         max_mode=False):
         torch._check(input.dim() == 4, lambda: "roi_align: input must be [N, C, H, W]")
         torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "roi_align: rois must be [K, 5]")
-        return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+        return output_like([input], rois, pooled_height, pooled_width)
 
     @torch.library.register_fake("fastseg::roi_align_backward")
     def _roi_align_backward_fake(grad, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,

@@ -47,7 +47,7 @@ struct LevelTable {
   int n;
 };
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline unsigned blocks_for(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>(ceil_div(n, kThreads), 65535LL * 32));

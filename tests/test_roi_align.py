@@ -399,3 +399,13 @@ def test_torch_compile_calls_roi_align():
     rois = make_rois(7, 130, extent=15, max_side=8)
     expected = torchvision.ops.roi_align(x * 2.0, rois, 3, 0.5, 2).relu()
     torch.testing.assert_close(head(x, rois), expected)
+
+
+@pytest.mark.parametrize("op", ["roi_align", "roi_align_backward", "multi_level_roi_align",
+                                "multi_level_roi_align_backward", "roi_pool", "roi_pool_backward"])
+def test_kernels_registered(op):
+    from fastseg import _extension
+
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", "CPU")
+    if _extension.with_cuda():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", "CUDA")

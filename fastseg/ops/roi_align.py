@@ -128,7 +128,7 @@ def roi_align(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, sam
 
     Example:
         >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
-        >>> fastseg.ops.roi_align(x, torch.tensor([[0., 0., 0., 2., 2.]]), 1, aligned=True)
+        >>> fastseg.ops.roi_align(x, torch.tensor([[0., .5, .5, 2.5, 2.5]]), 1, aligned=True)
         tensor([[[[5.]]]])
     """
     op = "roi_align"

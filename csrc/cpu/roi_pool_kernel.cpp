@@ -1,0 +1,137 @@
+// CPU kernels of fastseg::roi_pool and fastseg::roi_pool_backward (schemas: csrc/roi_pool.cpp; bins:
+// csrc/roi_pool.h). Forward: parallel over RoIs; each bin is computed once per RoI and scanned for
+// every channel. Backward: parallel over (image, channel) planes, each plane owned by one task that
+// adds the RoIs' gradients in index order: deterministic, no atomics, whatever the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cfloat>
+#include <vector>
+
+#include "roi_align.h"
+#include "roi_pool.h"
+
+namespace fastseg {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const at::Tensor& rois,
+                                                double spatial_scale, int64_t ph, int64_t pw) {
+  const char* op = "roi_pool";
+  check_feature(op, input, input);
+  check_rois(op, rois, input.device());
+  check_pooled(op, ph, pw);
+  const int64_t K = rois.size(0), N = input.size(0), C = input.size(1), H = input.size(2),
+                W = input.size(3);
+  at::Tensor out = at::empty({K, C, ph, pw}, input.options());
+  at::Tensor argmax = at::empty({K, C, ph, pw}, input.options().dtype(at::kInt));
+  if (K == 0 || C == 0) return {out, argmax};
+  const at::ScalarType ct = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor x = input.contiguous();
+  const at::Tensor r = rois.to(ct).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(ct, "roi_pool_cpu", [&] {
+    using T = scalar_t;
+    const T* rp = r.data_ptr<T>();
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t n = static_cast<int64_t>(rp[5 * k]);
+      TORCH_CHECK(n >= 0 && n < N, op, ": rois[", k, ", 0] is batch index ", n,
+                  ", out of range for a batch of ", N, " images");
+    }
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_cpu_in", [&] {
+      using S = scalar_t;
+      const S* xp = x.data_ptr<S>();
+      S* op_ = out.data_ptr<S>();
+      int32_t* ap = argmax.data_ptr<int32_t>();
+      const T scale = static_cast<T>(spatial_scale);
+      at::parallel_for(0, K, 8, [&](int64_t begin, int64_t end) {
+        std::vector<PoolBin> bins(ph * pw);
+        for (int64_t k = begin; k < end; ++k) {
+          const T* b = rp + 5 * k;
+          const int64_t n = static_cast<int64_t>(b[0]);
+          for (int64_t i = 0; i < ph; ++i)
+            for (int64_t j = 0; j < pw; ++j)
+              bins[i * pw + j] = roi_pool_bin<T>(b[1], b[2], b[3], b[4], scale, i, j, ph, pw, H, W);
+          for (int64_t c = 0; c < C; ++c) {
+            const S* plane = xp + (n * C + c) * H * W;
+            for (int64_t q = 0; q < ph * pw; ++q) {
+              const PoolBin& bin = bins[q];
+              // torchvision's sentinel: -FLT_MAX (an all -inf bin keeps it, with argmax -1).
+              T best = bin.empty ? T(0) : static_cast<T>(-FLT_MAX);
+              int32_t arg = -1;
+              for (int64_t h = bin.hstart; h < bin.hend; ++h)
+                for (int64_t w = bin.wstart; w < bin.wend; ++w) {
+                  const T v = static_cast<T>(plane[h * W + w]);
+                  if (v > best) best = v, arg = static_cast<int32_t>(h * W + w);
+                }
+              op_[(k * C + c) * ph * pw + q] = static_cast<S>(best);
+              ap[(k * C + c) * ph * pw + q] = arg;
+            }
+          }
+        }
+      });
+    });
+  });
+  return {out, argmax};
+}
+
+at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& rois,
+                                 const at::Tensor& argmax, bool deterministic) {
+  (void)deterministic;  // always deterministic on the CPU
+  const char* op = "roi_pool_backward";
+  check_feature(op, input, input);
+  check_rois(op, rois, input.device());
+  const int64_t K = rois.size(0), N = input.size(0), C = input.size(1), H = input.size(2),
+                W = input.size(3);
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == K && grad.size(1) == C, op,
+              ": grad must have shape [", K, ", ", C, ", ph, pw], got ", grad.sizes());
+  TORCH_CHECK(argmax.sizes() == grad.sizes() && argmax.scalar_type() == at::kInt, op,
+              ": argmax must be an int32 tensor shaped like grad, got ", argmax.sizes(), " ",
+              argmax.scalar_type());
+  const at::ScalarType ct = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor acc = at::zeros({N, C, H, W}, input.options().dtype(ct));
+  const int64_t bins = grad.size(2) * grad.size(3);
+  if (K > 0 && C > 0 && bins > 0) {
+    const at::Tensor g = grad.to(ct).contiguous();
+    const at::Tensor a = argmax.contiguous();
+    const at::Tensor r = rois.to(ct).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(ct, "roi_pool_backward_cpu", [&] {
+      using T = scalar_t;
+      const T* rp = r.data_ptr<T>();
+      std::vector<std::vector<int64_t>> by_image(N);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t n = static_cast<int64_t>(rp[5 * k]);
+        TORCH_CHECK(n >= 0 && n < N, op, ": rois[", k, ", 0] is batch index ", n,
+                    ", out of range for a batch of ", N, " images");
+        by_image[n].push_back(k);
+      }
+      const T* gp = g.data_ptr<T>();
+      const int32_t* ap = a.data_ptr<int32_t>();
+      T* out = acc.data_ptr<T>();
+      at::parallel_for(0, N * C, 4, [&](int64_t begin, int64_t end) {
+        for (int64_t nc = begin; nc < end; ++nc) {
+          const int64_t n = nc / C, c = nc % C;
+          T* plane = out + nc * H * W;
+          for (const int64_t k : by_image[n]) {
+            const int64_t off = (k * C + c) * bins;
+            for (int64_t q = 0; q < bins; ++q) {
+              const int32_t i = ap[off + q];
+              if (i >= 0 && i < H * W) plane[i] += gp[off + q];
+            }
+          }
+        }
+      });
+    });
+  }
+  const bool cl = input.is_contiguous(at::MemoryFormat::ChannelsLast) && !input.is_contiguous();
+  at::Tensor res = acc.to(input.scalar_type());
+  return cl ? res.contiguous(at::MemoryFormat::ChannelsLast) : res;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastseg, CPU, m) {
+  m.impl("roi_pool", &roi_pool_cpu);
+  m.impl("roi_pool_backward", &roi_pool_backward_cpu);
+}
+
+}  // namespace fastseg

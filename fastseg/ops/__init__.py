@@ -1,4 +1,5 @@
 """fastseg's operators: drop-in replacements for ``torchvision.ops`` (same signatures, same results)."""
 from fastseg.ops.nms import batched_nms, nms
+from fastseg.ops.sigmoid_focal_loss import sigmoid_focal_loss, sigmoid_focal_loss_with_labels
 
-__all__ = ["nms", "batched_nms"]
+__all__ = ["nms", "batched_nms", "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels"]

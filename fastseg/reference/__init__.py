@@ -1,5 +1,6 @@
 """Pure-PyTorch references: written for clarity, not speed. They are the oracle of every test and the
 ``torch`` backend."""
 from fastseg.reference.nms import batched_nms, nms
+from fastseg.reference.sigmoid_focal_loss import sigmoid_focal_loss, sigmoid_focal_loss_with_labels
 
-__all__ = ["nms", "batched_nms"]
+__all__ = ["nms", "batched_nms", "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels"]

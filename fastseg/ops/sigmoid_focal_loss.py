@@ -225,7 +225,7 @@ def make_autograd(backward_op, labels_backward_op):
                                           reduction)
         if normalizer is not None and ctx.needs_input_grad[4]:
             # out = L / normalizer  =>  d out / d normalizer = -out / normalizer
-            g_norm = (-(grad.float() * output.float()).sum() / normalizer.float()).to(normalizer.dtype)
+            g_norm = (-(grad.double() * output.double()).sum() / normalizer.double()).to(normalizer.dtype)
             g_norm = g_norm.reshape(normalizer.shape)
         return g_logits, None, None, None, g_norm, None, None, None
 

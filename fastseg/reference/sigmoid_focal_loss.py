@@ -7,7 +7,8 @@ With ``p = sigmoid(x)`` and a target ``t`` in [0, 1]::
     loss = alpha_t ce (1 - p_t)^gamma,     alpha_t = alpha t + (1 - alpha)(1 - t)   (1 if alpha < 0)
 
 exactly torchvision's ``sigmoid_focal_loss``, written with the same PyTorch operations (so that
-autograd gives the same gradient), computed in fp32 for fp16/bf16 inputs and returned in the input
+autograd gives the same gradient; one exception: for 0 < gamma < 1 at a saturated logit, where
+torchvision's gradient is 0 * inf = NaN, this gives the limit 0), computed in fp32 for fp16/bf16 inputs and returned in the input
 dtype. ``sigmoid_focal_loss_with_labels`` builds the one-hot targets explicitly (the fast backends never
 do) and masks the ignored rows.
 """
@@ -37,7 +38,15 @@ def elementwise_focal_loss(inputs: Tensor, targets: Tensor, alpha: float, gamma:
     p = torch.sigmoid(x)
     ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     p_t = p * t + (1 - p) * (1 - t)
-    loss = ce * ((1 - p_t) ** gamma)
+    m = 1 - p_t
+    if 0 < gamma < 1:
+        # m ** gamma has an infinite derivative at m == 0 (a saturated logit), where autograd would give
+        # 0 * inf = NaN; the derivative of the loss tends to 0 there. Same value, finite gradient.
+        safe = torch.where(m > 0, m, torch.ones_like(m))
+        mod = torch.where(m > 0, safe ** gamma, torch.zeros_like(m))
+    else:
+        mod = m ** gamma
+    loss = ce * mod
     if alpha >= 0:
         loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
     return loss

@@ -59,9 +59,13 @@ def _split_normalizer(normalizer, device):
         if normalizer.device == device:
             return normalizer.reshape(1), 1.0
         if normalizer.device.type == "cpu" and not normalizer.requires_grad:
-            return None, 1.0 / float(normalizer)
+            return None, _reciprocal(float(normalizer))
         return normalizer.to(device).reshape(1), 1.0
-    return None, 1.0 / float(normalizer)
+    return None, _reciprocal(float(normalizer))
+
+
+def _reciprocal(v: float) -> float:
+    return 1.0 / v if v != 0 else math.copysign(math.inf, v)  # loss / 0 is inf (0 / 0 nan), as in torch
 
 
 SIGMOID_FOCAL_LOSS_IMPLS = backend.register("sigmoid_focal_loss", {
@@ -232,7 +236,8 @@ def make_autograd(backward_op, labels_backward_op):
     return (setup, backward), (labels_setup, labels_backward)
 
 
-if _extension.loaded():
+# hasattr: an extension built before this op existed must not break `import fastseg`.
+if _extension.loaded() and hasattr(torch.ops.fastseg, "sigmoid_focal_loss"):
 
     @torch.library.register_fake("fastseg::sigmoid_focal_loss")
     def _fake(inputs, targets, alpha, gamma, reduction):

@@ -2,5 +2,7 @@
 ``torch`` backend."""
 from fastseg.reference.nms import batched_nms, nms
 from fastseg.reference.sigmoid_focal_loss import sigmoid_focal_loss, sigmoid_focal_loss_with_labels
+from fastseg.reference.soft_nms import batched_soft_nms, soft_nms
 
-__all__ = ["nms", "batched_nms", "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels"]
+__all__ = ["nms", "batched_nms", "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels", "soft_nms",
+           "batched_soft_nms"]

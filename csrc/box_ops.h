@@ -72,12 +72,12 @@ FASTSEG_HD A clamp_min0(A a) {
 // ---------------------------------------------------------------------------------------------------
 FASTSEG_HD float bits_to_float(uint32_t bits) {
   float f;
-  std::memcpy(&f, &bits, sizeof(f));
+  memcpy(&f, &bits, sizeof(f));
   return f;
 }
 FASTSEG_HD uint32_t float_to_bits(float f) {
   uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(f));
+  memcpy(&bits, &f, sizeof(f));
   return bits;
 }
 

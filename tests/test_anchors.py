@@ -165,3 +165,11 @@ def test_bad_input():
 def test_opcheck():
     cells = [torch.tensor([[-1.0, -2.0, 1.0, 2.0], [-3.0, -3.0, 3.0, 3.0]]), torch.tensor([[-4.0, -4.0, 4.0, 4.0]])]
     torch.library.opcheck(torch.ops.fastseg.grid_anchors.default, (cells, [3, 4, 2, 2], [8, 8, 16, 16]))
+
+
+def test_triton_opcheck():
+    require_backend("triton", "cpu")
+    from fastseg.kernels import anchors as tk  # noqa: F401  (registers fastseg_triton::grid_anchors)
+
+    cells = [torch.tensor([[-1.0, -2.0, 1.0, 2.0], [-3.0, -3.0, 3.0, 3.0]]), torch.tensor([[-4.0, -4.0, 4.0, 4.0]])]
+    torch.library.opcheck(torch.ops.fastseg_triton.grid_anchors.default, (cells, [3, 4, 2, 2], [8, 8, 16, 16]))

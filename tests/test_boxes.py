@@ -8,6 +8,13 @@ from hypothesis import strategies as st
 import fastseg
 from conftest import call, require_backend
 
+
+def require_dtype(backend_name, device, dtype):
+    # Measured: the Triton interpreter truncates fp32 -> bf16 conversions (1 + 2^-8 + 2^-10 -> 1.0);
+    # compiled Triton rounds to nearest like PyTorch. bf16 Triton is checked on GPU runs only.
+    if backend_name == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter truncates fp32->bf16 conversions")
+
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 PAIRWISE = ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou"]
 
@@ -35,6 +42,7 @@ def sizes(backend_name):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pairwise_matches_torchvision(backend_name, device, op, dtype):
     require_backend(backend_name, device)
+    require_dtype(backend_name, device, dtype)
     for n, m in sizes(backend_name):
         b1, b2 = random_boxes(n, n, dtype, device), random_boxes(m, m + 1, dtype, device)
         out = call(backend_name, getattr(fastseg.ops, op), b1, b2)
@@ -143,3 +151,25 @@ def test_opcheck(op):
     torch.library.opcheck(getattr(torch.ops.fastseg, op).default, args)
     args3 = (b1[None].expand(2, 5, 4).contiguous(), b2[None].expand(2, 7, 4).contiguous()) + args[2:]
     torch.library.opcheck(getattr(torch.ops.fastseg, op).default, args3)
+
+
+ALL_NATIVE_OPS = PAIRWISE + ["grid_anchors", "box_decode", "box_encode"]
+
+
+@pytest.mark.parametrize("op", ALL_NATIVE_OPS)
+def test_kernels_registered(op):
+    from fastseg import _extension
+
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", "CPU")
+    if _extension.with_cuda():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", "CUDA")
+
+
+@pytest.mark.parametrize("op", PAIRWISE)
+def test_triton_opcheck(op):
+    require_backend("triton", "cpu")
+    from fastseg.kernels import box_iou as tk  # noqa: F401  (registers fastseg_triton::*)
+
+    b1, b2 = random_boxes(5, 1), random_boxes(7, 2)
+    args = (b1, b2) if op in ("box_iou", "generalized_box_iou") else (b1, b2, 1e-7)
+    torch.library.opcheck(getattr(torch.ops.fastseg_triton, op).default, args)

@@ -79,6 +79,16 @@ def test_writing_into_anchors_does_not_change_later_results():
     first[1].add_(1000)
     again = gen(il, fms)
     assert all(torch.equal(a, r) for a, r in zip(again, reference))
+    # Writes through every kind of access: indexing, views, .data, numpy, out= of another op.
+    third = gen(il, fms)
+    third[0][0, 0] = -1.0
+    third[0].view(-1)[5] = -2.0
+    third[1].data.mul_(2)
+    third[1].numpy()[3, 3] = 123.0
+    torch.add(third[0], 1, out=third[0])
+    fourth = gen(il, fms)
+    assert all(torch.equal(a, r) for a, r in zip(fourth, reference))
+    assert third[0][0, 0].item() == 0.0 and third[1][3, 3].item() == 123.0  # the writes took effect
 
 
 def test_cache_follows_cell_anchor_edits_and_shapes():

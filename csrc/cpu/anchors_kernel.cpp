@@ -29,7 +29,7 @@ at::Tensor grid_anchors_cpu(at::TensorList cell_anchors, at::IntArrayRef grid_si
   at::Tensor out = at::empty({start[levels], 4}, cells[0].options());
   if (start[levels] == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "grid_anchors_cpu", [&] {
-    scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
     // One task per grid row (of any level): rows of a level are W * A anchors, a few KiB.
     at::parallel_for(0, row_start[levels], 16, [&](int64_t begin, int64_t end) {
       int64_t l = 0;
@@ -37,7 +37,7 @@ at::Tensor grid_anchors_cpu(at::TensorList cell_anchors, at::IntArrayRef grid_si
         while (r >= row_start[l + 1]) ++l;
         const int64_t y = r - row_start[l];
         const int64_t w = grid_sizes[2 * l + 1], a_n = cells[l].size(0);
-        const scalar_t* cell = cells[l].data_ptr<scalar_t>();
+        const scalar_t* cell = cells[l].const_data_ptr<scalar_t>();
         const int32_t sy = anchor_shift(y, strides[2 * l]);
         scalar_t* p = o + 4 * (start[l] + y * w * a_n);
         for (int64_t x = 0; x < w; ++x) {

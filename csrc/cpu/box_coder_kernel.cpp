@@ -88,9 +88,9 @@ at::Tensor box_decode_cpu(const at::Tensor& rel_codes, const at::Tensor& boxes,
     const A w[4] = {static_cast<A>(weights[0]), static_cast<A>(weights[1]),
                     static_cast<A>(weights[2]), static_cast<A>(weights[3])};
     const A clip = static_cast<A>(static_cast<scalar_t>(bbox_xform_clip));
-    const scalar_t* cp = codes.data_ptr<scalar_t>();
-    const scalar_t* bp = b.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t* cp = codes.const_data_ptr<scalar_t>();
+    const scalar_t* bp = b.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
     if (image_size.has_value()) {
       const A ch = static_cast<A>(static_cast<scalar_t>((*image_size)[0]));
       const A cw = static_cast<A>(static_cast<scalar_t>((*image_size)[1]));
@@ -117,9 +117,9 @@ at::Tensor box_encode_cpu(const at::Tensor& reference_boxes, const at::Tensor& p
                     static_cast<A>(static_cast<scalar_t>(weights[1])),
                     static_cast<A>(static_cast<scalar_t>(weights[2])),
                     static_cast<A>(static_cast<scalar_t>(weights[3]))};
-    const scalar_t* rp = ref.data_ptr<scalar_t>();
-    const scalar_t* pp = prop.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t* rp = ref.const_data_ptr<scalar_t>();
+    const scalar_t* pp = prop.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) encode_box<scalar_t>(rp + 4 * i, pp + 4 * i, w, op + 4 * i);
     });

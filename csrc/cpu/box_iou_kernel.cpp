@@ -52,8 +52,8 @@ void pairwise_cpu_impl(const at::Tensor& b1, const at::Tensor& b2, at::Tensor& o
   using R = std::conditional_t<(K == IouKind::kIoU || K == IouKind::kGIoU), T, A>;
   constexpr bool kAtan = K == IouKind::kCIoU;
   const int64_t batches = b1.size(0), n = b1.size(1), m = b2.size(1);
-  const T* p1 = b1.data_ptr<T>();
-  const T* p2 = b2.data_ptr<T>();
+  const T* p1 = b1.const_data_ptr<T>();
+  const T* p2 = b2.const_data_ptr<T>();
   A* po = out.data_ptr<A>();
   const A eps = static_cast<A>(eps_d);
   for (int64_t bi = 0; bi < batches; ++bi) {

@@ -69,7 +69,7 @@ at::Tensor grid_anchors_cuda(at::TensorList cell_anchors, at::IntArrayRef grid_s
     p.levels = static_cast<int>(levels);
     p.start[0] = 0;
     for (int64_t l = 0; l < levels; ++l) {
-      p.cell[l] = cells[l].data_ptr<scalar_t>();
+      p.cell[l] = cells[l].const_data_ptr<scalar_t>();
       p.width[l] = std::max<int64_t>(grid_sizes[2 * l + 1], 1);
       p.per_cell[l] = std::max<int64_t>(cells[l].size(0), 1);
       p.stride_h[l] = strides[2 * l];
@@ -79,7 +79,7 @@ at::Tensor grid_anchors_cuda(at::TensorList cell_anchors, at::IntArrayRef grid_s
     const int64_t coords = 4 * total;
     const int64_t blocks = std::min<int64_t>((coords + kThreads - 1) / kThreads, 65535 * 8);
     grid_anchors_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0,
-                                    at::cuda::getCurrentCUDAStream()>>>(p, out.data_ptr<scalar_t>(),
+                                    at::cuda::getCurrentCUDAStream()>>>(p, out.mutable_data_ptr<scalar_t>(),
                                                                         coords);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

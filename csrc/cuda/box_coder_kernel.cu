@@ -79,11 +79,11 @@ at::Tensor box_decode_cuda(const at::Tensor& rel_codes, const at::Tensor& boxes,
       const A ch = static_cast<A>(static_cast<scalar_t>((*image_size)[0]));
       const A cw = static_cast<A>(static_cast<scalar_t>((*image_size)[1]));
       box_decode_kernel<scalar_t, true><<<blocks_for(rows), kThreads, 0, stream>>>(
-          codes.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, k, w0,
+          codes.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), rows, k, w0,
           w1, w2, w3, clip, cw, ch);
     } else {
       box_decode_kernel<scalar_t, false><<<blocks_for(rows), kThreads, 0, stream>>>(
-          codes.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), rows, k, w0,
+          codes.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), rows, k, w0,
           w1, w2, w3, clip, A(0), A(0));
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -106,7 +106,7 @@ at::Tensor box_encode_cuda(const at::Tensor& reference_boxes, const at::Tensor& 
     using A = typename OpMath<scalar_t>::type;
     auto wt = [&](int i) { return static_cast<A>(static_cast<scalar_t>(weights[i])); };
     box_encode_kernel<scalar_t><<<blocks_for(n), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        ref.data_ptr<scalar_t>(), prop.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, wt(0),
+        ref.const_data_ptr<scalar_t>(), prop.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), n, wt(0),
         wt(1), wt(2), wt(3));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

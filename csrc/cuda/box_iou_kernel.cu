@@ -60,7 +60,7 @@ at::Tensor pairwise_cuda(const char* op, const at::Tensor& boxes1, const at::Ten
       const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
       pairwise_kernel<K, scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0,
                                      at::cuda::getCurrentCUDAStream()>>>(
-          b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), out.data_ptr<A>(), b1.size(1),
+          b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<A>(), b1.size(1),
           b2.size(1), total, static_cast<A>(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

@@ -112,7 +112,7 @@ def anchors_for(image_size, grid_sizes, sizes=((128, 256, 512),), aspect_ratios=
     """Anchors of one ``image_size = (H, W)`` (padded batch size) and its feature maps' ``grid_sizes``,
     as torchvision's ``AnchorGenerator(sizes, aspect_ratios)`` gives for each image: ``[sum H*W*A, 4]``."""
     gen = AnchorGenerator(sizes, aspect_ratios)
-    return gen.anchors(image_size, grid_sizes, dtype, device).clone()
+    return gen.anchors(image_size, grid_sizes, dtype, device)  # the temporary module's cache: ours
 
 
 def _fresh_copy(t: Tensor) -> Tensor:

@@ -50,12 +50,12 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _check_boxes(op: str, name: str, t, n: int | None = None):
+def _check_boxes(op: str, name: str, t, n: int | None = None, floating: bool = True):
     if not isinstance(t, Tensor):
         raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2 or t.shape[1] != 4:
         raise ValueError(f"{op}: {name} must have shape [N, 4], got {list(t.shape)}")
-    if not t.is_floating_point():
+    if t.is_complex() or (floating and not t.is_floating_point()):
         raise ValueError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}")
     if n is not None and t.shape[0] != n:
         raise ValueError(f"{op}: {name} must have {n} rows (one per reference box), got {t.shape[0]}")
@@ -75,7 +75,7 @@ def box_decode(rel_codes: Tensor, boxes: Tensor, weights, bbox_xform_clip: float
     op = "box_decode"
     if not isinstance(rel_codes, Tensor):
         raise ValueError(f"{op}: rel_codes must be a torch.Tensor, got {type(rel_codes).__name__}")
-    _check_boxes(op, "boxes", boxes)
+    _check_boxes(op, "boxes", boxes, floating=False)  # converted to the codes' dtype, as torchvision
     if not rel_codes.is_floating_point():
         raise ValueError(f"{op}: rel_codes must be a floating-point tensor, got {rel_codes.dtype}")
     if rel_codes.dim() != 2 or rel_codes.shape[0] != boxes.shape[0] or rel_codes.shape[1] % 4 != 0:

@@ -33,12 +33,21 @@ def _r(x, T: tl.constexpr, ROUND: tl.constexpr):
 
 
 @triton.jit
-def _box_decode_kernel(codes_ptr, boxes_ptr, out_ptr, rows, k, w0, w1, w2, w3, clip, clip_w, clip_h,
+def _box_decode_kernel(codes_ptr, boxes_ptr, out_ptr, rows, k, params_ptr,
                        T: tl.constexpr, ACC: tl.constexpr, ROUND: tl.constexpr, RECIP: tl.constexpr, CLIP: tl.constexpr,
                        BLOCK: tl.constexpr):
     r = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = r < rows
     b = r // k
+    # Scalars from a tensor of the compute dtype: Triton passes Python floats as fp32, which would
+    # round fp64 weights and clip bounds.
+    w0 = tl.load(params_ptr + 0)
+    w1 = tl.load(params_ptr + 1)
+    w2 = tl.load(params_ptr + 2)
+    w3 = tl.load(params_ptr + 3)
+    clip = tl.load(params_ptr + 4)
+    clip_w = tl.load(params_ptr + 5)
+    clip_h = tl.load(params_ptr + 6)
     c0 = tl.load(codes_ptr + 4 * r + 0, mask=mask, other=0.0).to(ACC)
     c1 = tl.load(codes_ptr + 4 * r + 1, mask=mask, other=0.0).to(ACC)
     c2 = tl.load(codes_ptr + 4 * r + 2, mask=mask, other=0.0).to(ACC)
@@ -89,11 +98,15 @@ def _box_decode_kernel(codes_ptr, boxes_ptr, out_ptr, rows, k, w0, w1, w2, w3, c
 
 
 @triton.jit
-def _box_encode_kernel(ref_ptr, prop_ptr, out_ptr, n, w0, w1, w2, w3, T: tl.constexpr, ACC: tl.constexpr,
+def _box_encode_kernel(ref_ptr, prop_ptr, out_ptr, n, params_ptr, T: tl.constexpr, ACC: tl.constexpr,
                        ROUND: tl.constexpr,
                        IS_FP64: tl.constexpr, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
+    w0 = tl.load(params_ptr + 0)
+    w1 = tl.load(params_ptr + 1)
+    w2 = tl.load(params_ptr + 2)
+    w3 = tl.load(params_ptr + 3)
     px1 = tl.load(prop_ptr + 4 * i + 0, mask=mask, other=0.0).to(ACC)
     py1 = tl.load(prop_ptr + 4 * i + 1, mask=mask, other=0.0).to(ACC)
     px2 = tl.load(prop_ptr + 4 * i + 2, mask=mask, other=1.0).to(ACC)
@@ -129,6 +142,11 @@ def _box_encode_kernel(ref_ptr, prop_ptr, out_ptr, n, w0, w1, w2, w3, T: tl.cons
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
+def _params(values, like: torch.Tensor) -> torch.Tensor:
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(values, dtype=dtype).to(like.device, non_blocking=True)
+
+
 def _acc(t: torch.Tensor):
     return tl.float64 if t.dtype == torch.float64 else tl.float32
 
@@ -154,13 +172,17 @@ def _box_decode_op(rel_codes: torch.Tensor, boxes: torch.Tensor, weights: list[f
         return out
     T, round_ = _dtype(codes)
     recip = codes.device.type == "cuda"
-    w = [1.0 / x if recip else x for x in weights]
+    if recip:  # 1 / w in the opmath type, as PyTorch's CUDA division by a scalar computes it
+        acc = torch.float64 if codes.dtype == torch.float64 else torch.float32
+        w = [float(torch.tensor(1.0, dtype=acc) / torch.tensor(x, dtype=acc)) for x in weights]
+    else:
+        w = list(weights)
     # PyTorch's clamp rounds its scalar bounds to the tensor dtype.
     to_t = lambda v: float(torch.tensor(v, dtype=torch.float64).to(codes.dtype))  # noqa: E731
     clip = to_t(bbox_xform_clip)
     ch, cw = (to_t(image_size[0]), to_t(image_size[1])) if image_size is not None else (0.0, 0.0)
     _box_decode_kernel[(triton.cdiv(rows, BLOCK),)](
-        codes, b, out, rows, k, *w, clip, cw, ch, T=T, ACC=_acc(codes), ROUND=round_, RECIP=recip, CLIP=image_size is not None,
+        codes, b, out, rows, k, _params(w + [clip, cw, ch], codes), T=T, ACC=_acc(codes), ROUND=round_, RECIP=recip, CLIP=image_size is not None,
         BLOCK=BLOCK, enable_fp_fusion=False)
     return out
 
@@ -183,7 +205,7 @@ def _box_encode_op(reference_boxes: torch.Tensor, proposals: torch.Tensor, weigh
     T, round_ = _dtype(ref)
     w = [float(torch.tensor(x, dtype=torch.float64).to(ref.dtype)) for x in weights]  # a T tensor in torchvision
     _box_encode_kernel[(triton.cdiv(n, BLOCK),)](
-        ref, prop, out, n, *w, T=T, ACC=_acc(ref), ROUND=round_, IS_FP64=ref.dtype == torch.float64, BLOCK=BLOCK,
+        ref, prop, out, n, _params(w, ref), T=T, ACC=_acc(ref), ROUND=round_, IS_FP64=ref.dtype == torch.float64, BLOCK=BLOCK,
         enable_fp_fusion=False)
     return out
 

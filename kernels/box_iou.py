@@ -48,10 +48,12 @@ def _div(a, b, IS_FP64: tl.constexpr):
 
 
 @triton.jit
-def _pairwise_kernel(b1_ptr, t1_ptr, b2_ptr, t2_ptr, out_ptr, n, m, eps, c4pi2,
+def _pairwise_kernel(b1_ptr, t1_ptr, b2_ptr, t2_ptr, out_ptr, n, m, params_ptr,
                      KIND: tl.constexpr, T: tl.constexpr, ROUND: tl.constexpr, IS_FP64: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
     pid_b = tl.program_id(2).to(tl.int64)
+    eps = tl.load(params_ptr + 0)  # from a tensor: Python floats would be passed as fp32
+    c4pi2 = tl.load(params_ptr + 1)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < n
@@ -140,7 +142,8 @@ def _run(op: str, boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float) -> tor
         round_ = kind <= 1 and b1.dtype in (torch.float16, torch.bfloat16)
         grid = (triton.cdiv(b1.shape[1], BLOCK_N), triton.cdiv(b2.shape[1], BLOCK_M), b1.shape[0])
         _pairwise_kernel[grid](
-            c1, t1, c2, t2, out, b1.shape[1], b2.shape[1], eps, 4.0 / (math.pi ** 2),
+            c1, t1, c2, t2, out, b1.shape[1], b2.shape[1],
+            torch.tensor([eps, 4.0 / (math.pi ** 2)], dtype=acc).to(b1.device, non_blocking=True),
             KIND=kind, T=_TL[b1.dtype], ROUND=round_, IS_FP64=acc == torch.float64,
             BLOCK_N=BLOCK_N, BLOCK_M=BLOCK_M, enable_fp_fusion=False)
     return out if batched else out[0]

@@ -183,3 +183,16 @@ def test_triton_opcheck():
 
     cells = [torch.tensor([[-1.0, -2.0, 1.0, 2.0], [-3.0, -3.0, 3.0, 3.0]]), torch.tensor([[-4.0, -4.0, 4.0, 4.0]])]
     torch.library.opcheck(torch.ops.fastseg_triton.grid_anchors.default, (cells, [3, 4, 2, 2], [8, 8, 16, 16]))
+
+
+def test_every_output_element_written(backend_name):
+    require_backend(backend_name, "cpu")
+    cells = [torch.tensor([[-1.0, -2.0, 1.0, 2.0], [-3.0, -3.0, 3.0, 3.0]]), torch.tensor([[-4.0, -4.0, 4.0, 4.0]])]
+    for grids in [[(3, 4), (2, 2)], [(17, 9), (1, 1)]]:
+        total = sum(h * w * c.shape[0] for (h, w), c in zip(grids, cells))
+        torch.full((4 * total + 1024,), float("nan"))  # poison the memory the output may reuse
+        with fastseg.use_backend(backend_name):
+            out = fastseg.ops.grid_anchors(cells, grids, [(8, 8), (16, 16)])
+        assert out.shape == (total, 4) and not torch.isnan(out).any()
+        with fastseg.use_backend("torch"):
+            assert torch.equal(out, fastseg.ops.grid_anchors(cells, grids, [(8, 8), (16, 16)]))

@@ -194,3 +194,15 @@ def test_triton_opcheck():
     boxes, rel = random_boxes(9, seed=1), codes(9, 2, seed=2)
     torch.library.opcheck(torch.ops.fastseg_triton.box_decode.default, (rel, boxes, [1.0, 2.0, 3.0, 4.0], 2.0, [30, 40]))
     torch.library.opcheck(torch.ops.fastseg_triton.box_encode.default, (boxes, random_boxes(9, seed=3), [1.0, 2.0, 3.0, 4.0]))
+
+
+def test_every_output_element_written(backend_name):
+    require_backend(backend_name, "cpu")
+    for n, k in [(1, 1), (37, 1), (300, 3)]:
+        boxes, rel = random_boxes(n, seed=n), codes(n, k, seed=k)
+        torch.full((n * k * 4 + 1024,), float("nan"))  # poison the memory the output may reuse
+        out = call(backend_name, fastseg.ops.BoxCoder((1.0, 1.0, 1.0, 1.0)).decode_single, rel, boxes)
+        assert not torch.isnan(out).any()
+        torch.full((n * 4 + 1024,), float("nan"))
+        enc = call(backend_name, fastseg.ops.BoxCoder((1.0, 1.0, 1.0, 1.0)).encode_single, boxes, boxes.flip(0))
+        assert not torch.isnan(enc).any()

@@ -173,3 +173,20 @@ def test_triton_opcheck(op):
     b1, b2 = random_boxes(5, 1), random_boxes(7, 2)
     args = (b1, b2) if op in ("box_iou", "generalized_box_iou") else (b1, b2, 1e-7)
     torch.library.opcheck(getattr(torch.ops.fastseg_triton, op).default, args)
+
+
+def poison_allocator(nbytes: int, device="cpu"):
+    """Fill freed memory with NaN: an output element a kernel forgets to write then shows as NaN
+    instead of a stale copy of a previous (identical) result."""
+    torch.full((nbytes // 4 + 1024,), float("nan"), device=device)
+
+
+@pytest.mark.parametrize("op", PAIRWISE)
+def test_every_output_element_written(backend_name, op):
+    require_backend(backend_name, "cpu")
+    for n, m in [(3, 5), (33, 70), (1, 129)]:
+        b1, b2 = random_boxes(n, n + 2), random_boxes(m, m + 3)
+        poison_allocator(4 * n * m)
+        out = call(backend_name, getattr(fastseg.ops, op), b1, b2)
+        assert not torch.isnan(out).any()
+        check(op, out, getattr(torchvision.ops, op)(b1, b2))

@@ -8,6 +8,7 @@ from torchvision.models.detection.image_list import ImageList
 
 import fastseg
 from conftest import call, require_backend
+from test_boxes import poison_allocator
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 RETINA_SIZES = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in [32, 64, 128, 256, 512])
@@ -188,9 +189,9 @@ def test_triton_opcheck():
 def test_every_output_element_written(backend_name):
     require_backend(backend_name, "cpu")
     cells = [torch.tensor([[-1.0, -2.0, 1.0, 2.0], [-3.0, -3.0, 3.0, 3.0]]), torch.tensor([[-4.0, -4.0, 4.0, 4.0]])]
-    for grids in [[(3, 4), (2, 2)], [(17, 9), (1, 1)]]:
+    for grids in [[(3, 4), (2, 2)], [(17, 9), (1, 1)], [(40, 30), (20, 15)]]:
         total = sum(h * w * c.shape[0] for (h, w), c in zip(grids, cells))
-        torch.full((4 * total + 1024,), float("nan"))  # poison the memory the output may reuse
+        poison_allocator(4 * 4 * total)
         with fastseg.use_backend(backend_name):
             out = fastseg.ops.grid_anchors(cells, grids, [(8, 8), (16, 16)])
         assert out.shape == (total, 4) and not torch.isnan(out).any()

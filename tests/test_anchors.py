@@ -197,3 +197,14 @@ def test_every_output_element_written(backend_name):
         assert out.shape == (total, 4) and not torch.isnan(out).any()
         with fastseg.use_backend("torch"):
             assert torch.equal(out, fastseg.ops.grid_anchors(cells, grids, [(8, 8), (16, 16)]))
+
+
+def test_torch_compile():
+    gen, tv = fastseg.ops.AnchorGenerator(RETINA_SIZES[:2], RETINA_RATIOS[:2]), TvAnchorGenerator(RETINA_SIZES[:2], RETINA_RATIOS[:2])
+    il, fms = image_list(2, 128, 160), feature_maps([(16, 20), (8, 10)])
+
+    @torch.compile(backend="eager")
+    def f(images, maps):
+        return gen(images, maps)
+
+    assert all(torch.equal(a, b) for a, b in zip(f(il, fms), tv(il, fms)))

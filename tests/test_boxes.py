@@ -193,3 +193,15 @@ def test_every_output_element_written(backend_name, op):
         out = call(backend_name, getattr(fastseg.ops, op), b1, b2)
         assert not torch.isnan(out).any()
         check(op, out, getattr(torchvision.ops, op)(b1, b2))
+
+
+def test_torch_compile():
+    b1, b2 = random_boxes(20, 1), random_boxes(30, 2)
+
+    @torch.compile(backend="eager")
+    def f(a, b):
+        return fastseg.ops.generalized_box_iou(a, b) + fastseg.ops.box_iou(a, b)
+
+    with fastseg.use_backend("native"):
+        out = f(b1, b2)
+    check("", out, torchvision.ops.generalized_box_iou(b1, b2) + torchvision.ops.box_iou(b1, b2))

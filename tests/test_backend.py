@@ -102,10 +102,12 @@ def test_import_without_extension_warns_once_and_falls_back():
 def test_info_describes_the_install():
     d = fastseg.info()
     assert d["extension"]["loaded"] is True
-    assert d["extension"]["cpu_kernels"] == {"nms": True, "batched_nms": True}
+    # Every registered op has its CPU kernel (other op families add theirs to the dict).
+    assert d["extension"]["cpu_kernels"]["nms"] and d["extension"]["cpu_kernels"]["batched_nms"]
+    assert all(d["extension"]["cpu_kernels"].values()), d["extension"]["cpu_kernels"]
     assert d["triton"]["version"]
     assert d["backends"]["cpu"]["native"] == "available"
-    assert d["auto"]["cpu"] == {"nms": "native", "batched_nms": "native"}
+    assert d["auto"]["cpu"]["nms"] == "native" and d["auto"]["cpu"]["batched_nms"] == "native"
     json.dumps(d)  # plain data
 
 

@@ -20,6 +20,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <vector>
 
@@ -244,6 +245,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
   return {grad_input, grad_weight.to(weight.scalar_type()), grad_bias};
 }
 
+// How a call runs. oneDNN's NCHW deconvolution is 1.1-12x slower than its channels_last one on the
+// bundled shapes (benchmarks/notes/conv_transpose2d.md), more than the two layout copies cost, so NCHW
+// calls that go to oneDNN run it in channels_last and copy the result back.
+enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast };
+
+Route forward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
+  const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
+  if (force && *force) return static_cast<Route>(std::atoi(force));
+  if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
+  return p.shuffle() ? Route::kShuffle : Route::kOneDnnViaChannelsLast;
+}
+
+Route backward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
+  const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
+  if (force && *force) return static_cast<Route>(std::atoi(force));
+  if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
+  return p.shuffle() ? Route::kShuffleViaChannelsLast : Route::kOneDnnViaChannelsLast;
+}
+
 at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                                 int64_t groups, at::IntArrayRef dilation, bool relu) {
@@ -251,8 +271,24 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
       check_conv_transpose2d("conv_transpose2d", input, weight, stride, padding, output_padding, groups, dilation);
   if (bias.has_value() && bias->defined()) check_bias("conv_transpose2d", *bias, input, p.cout);
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
-  if (p.shuffle()) return shuffle_forward(input, weight, bias, p, relu, fmt);
   if (p.n == 0) return at::empty({0, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
+  const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
+  switch (forward_route(p, fmt)) {
+    case Route::kShuffle:
+      if (p.shuffle()) return shuffle_forward(input, weight, bias, p, relu, fmt);
+      break;
+    case Route::kShuffleViaChannelsLast:
+      if (p.shuffle()) return shuffle_forward(input, weight, bias, p, relu, cl).contiguous(fmt);
+      break;
+    case Route::kOneDnnViaChannelsLast: {
+      at::Tensor out = at::convolution(input.contiguous(cl), weight.contiguous(cl), bias, stride, padding, dilation,
+                                       /*transposed=*/true, output_padding, groups);
+      if (relu) out.relu_();
+      return out.contiguous(fmt);
+    }
+    default:
+      break;
+  }
   at::Tensor out = at::convolution(input, weight, bias, stride, padding, dilation, /*transposed=*/true,
                                    output_padding, groups);
   if (relu) out.relu_();
@@ -271,9 +307,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(),
               "conv_transpose2d_backward: grad_output must have the dtype of input");
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
-  if (p.shuffle()) return shuffle_backward(grad_output, input, weight, p, fmt);
   if (p.n == 0)
     return {at::empty_like(input), at::zeros_like(weight), at::zeros({p.cout}, input.options())};
+  const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
+  const Route route = backward_route(p, fmt);
+  if (route == Route::kShuffle && p.shuffle()) return shuffle_backward(grad_output, input, weight, p, fmt);
+  if (route == Route::kShuffleViaChannelsLast && p.shuffle()) {
+    auto r = shuffle_backward(grad_output.contiguous(cl), input.contiguous(cl), weight, p, cl);
+    return {std::get<0>(r).contiguous(fmt), std::get<1>(r), std::get<2>(r)};
+  }
+  if (route == Route::kOneDnnViaChannelsLast) {
+    auto r = at::convolution_backward(grad_output.contiguous(cl), input.contiguous(cl), weight.contiguous(cl),
+                                      std::vector<int64_t>{p.cout}, stride, padding, dilation, /*transposed=*/true,
+                                      output_padding, groups, {true, true, true});
+    return {std::get<0>(r).contiguous(fmt), std::get<1>(r).contiguous(), std::get<2>(r)};
+  }
   auto r = at::convolution_backward(grad_output, input, weight, std::vector<int64_t>{p.cout}, stride, padding,
                                     dilation, /*transposed=*/true, output_padding, groups, {true, true, true});
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};

@@ -104,7 +104,7 @@ def test_forward_random_configs(backend_name):
     ((1, 3, 3, 1, 16, 16, 3, 4), 8, 4, 0, 1),    # FCN-8s k16 s8 p4
     ((2, 6, 7, 1, 3, 3, 6, 6), 1, 1, 0, 1),      # DeconvNet k3 s1 p1
     ((1, 4, 3, 2, 3, 3, 5, 4), 2, 1, 1, 1),      # groups, output_padding
-    ((1, 2, 3, 3, 2, 3, 4, 5), (2, 3), (1, 0), (1, 2), 1),  # k == s with padding and output_padding
+    ((1, 6, 3, 3, 2, 3, 4, 5), (2, 3), (1, 0), (1, 2), 1),  # k == s with padding and output_padding
     ((1, 3, 2, 1, 3, 2, 4, 4), (3, 2), (2, 1), (1, 0), (2, 1)),  # dilation
 ])
 def test_forward_dtypes(backend_name, dtype, channels_last, case):
@@ -303,3 +303,81 @@ def test_reference_matches_pytorch():
     x0 = torch.zeros(0, 6, 5, 1)
     assert reference.conv_transpose2d(x0, torch.randn(6, 1, 1, 2), None, 2, (0, 2), 1, 1, (1, 2)).shape == \
         F.conv_transpose2d(x0, torch.randn(6, 1, 1, 2), None, 2, (0, 2), 1, 1, (1, 2)).shape
+
+
+# -- fastseg.nn.ConvTranspose2d and fastseg.nn.init.bilinear_ --------------------------------------
+
+@pytest.mark.parametrize("kwargs", [
+    dict(in_channels=4, out_channels=6, kernel_size=2, stride=2),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 4), stride=(2, 3), padding=(1, 2), output_padding=(1, 0),
+         groups=2, bias=False, dilation=(1, 2)),
+])
+def test_module_is_a_drop_in(backend_name, kwargs):
+    import fastseg.nn
+
+    require_backend(backend_name, "cpu")
+    torch.manual_seed(0)
+    theirs = torch.nn.ConvTranspose2d(**kwargs)
+    ours = fastseg.nn.ConvTranspose2d(**kwargs)
+    assert repr(ours).replace("fastseg", "") == repr(theirs) or ours.extra_repr() == theirs.extra_repr()
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict())
+    theirs2 = torch.nn.ConvTranspose2d(**kwargs)
+    theirs2.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 4, 5, 6)
+    with fastseg.use_backend(backend_name):
+        out = ours(x)
+        torch.testing.assert_close(out, theirs(x), atol=1e-5, rtol=1e-5)
+        # output_size picks the output_padding, as in torch
+        # the largest valid size: output_padding = stride - 1
+        size = [o - op + s - 1 for o, op, s in zip(out.shape[-2:], ours.output_padding, ours.stride)]
+        torch.testing.assert_close(ours(x, output_size=size), theirs(x, output_size=size), atol=1e-5, rtol=1e-5)
+        assert list(ours(x, output_size=size).shape[-2:]) == size
+        out.sum().backward()
+    assert ours.weight.grad is not None and ours.weight.grad.shape == ours.weight.shape
+    ours.reset_parameters()  # inherited: same initialisation scheme
+
+
+def test_module_output_size_error():
+    import fastseg.nn
+
+    m = fastseg.nn.ConvTranspose2d(2, 2, 2, stride=2)
+    with pytest.raises(ValueError, match="requested an output size"):
+        m(torch.randn(1, 2, 4, 4), output_size=[20, 20])
+
+
+def test_bilinear_init_upsamples_like_bilinear_interpolation():
+    import fastseg.nn
+
+    for f in (2, 3, 4):
+        k = 2 * f
+        pad = (f + 1) // 2 if f % 2 else f // 2
+        up = fastseg.nn.ConvTranspose2d(3, 3, k, stride=f, padding=pad, bias=False)
+        fastseg.nn.init.bilinear_(up.weight)
+        w = up.weight.detach()
+        # channel c maps to c only
+        off = w.clone()
+        off[torch.arange(3), torch.arange(3)] = 0
+        assert torch.equal(off, torch.zeros_like(off))
+        x = torch.randn(1, 3, 8, 9, dtype=torch.float32)
+        y = up(x).detach()
+        ref = F.interpolate(x, scale_factor=f, mode="bilinear", align_corners=False)
+        if f % 2 == 0:  # FCN's k = 2f, s = f, p = f / 2: bilinear interpolation away from the border
+            assert y.shape == ref.shape
+            torch.testing.assert_close(y[..., f:-f, f:-f], ref[..., f:-f, f:-f], atol=1e-5, rtol=1e-5)
+        # the weights of one channel sum to f * f (each output pixel's taps sum to 1)
+        torch.testing.assert_close(w[0, 0].sum(), torch.tensor(float(f * f)), atol=1e-5, rtol=0)
+
+
+def test_bilinear_init_depthwise_and_known_values():
+    import fastseg.nn
+
+    w = torch.empty(5, 1, 4, 4)
+    fastseg.nn.init.bilinear_(w)
+    k1 = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    for c in range(5):
+        torch.testing.assert_close(w[c, 0], k1[:, None] * k1[None, :])
+    w3 = fastseg.nn.init.bilinear_(torch.empty(2, 2, 3, 3))
+    torch.testing.assert_close(w3[1, 1], torch.tensor([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]))
+    with pytest.raises(ValueError, match="bilinear_: weight must be a 4-D tensor"):
+        fastseg.nn.init.bilinear_(torch.empty(3, 3))

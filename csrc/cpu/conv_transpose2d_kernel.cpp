@@ -245,24 +245,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
   return {grad_input, grad_weight.to(weight.scalar_type()), grad_bias};
 }
 
-// How a call runs. oneDNN's NCHW deconvolution is 1.1-12x slower than its channels_last one on the
-// bundled shapes (benchmarks/notes/conv_transpose2d.md), more than the two layout copies cost, so NCHW
-// calls that go to oneDNN run it in channels_last and copy the result back.
+// How a call runs (measured in benchmarks/notes/conv_transpose2d.md):
+// - forward, channels_last: oneDNN's deconvolution (at::convolution, what PyTorch runs). Our
+//   kernel == stride GEMM + scatter measured 0.7-1.0x of it: oneDNN writes the output once, the GEMM
+//   + scatter twice.
+// - forward, NCHW: oneDNN's NCHW deconvolution is much slower than its channels_last one on layers with
+//   few channels (FCN's 21 classes: 12x; U-Net's 128 -> 64: 15x), more than the two layout copies cost,
+//   so those run in channels_last and are copied back; wide layers (the gap is 1.1-1.4x there, about
+//   what the copies cost) run oneDNN's NCHW directly.
+// - backward, kernel == stride: our gather + two GEMMs (1.4-1.8x oneDNN in channels_last, 1.0-1.2x in
+//   NCHW through channels_last copies). Other backward: oneDNN (at::convolution_backward).
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast };
 
 Route forward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
   const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
   if (force && *force) return static_cast<Route>(std::atoi(force));
-  // kernel == stride forward: the GEMM + scatter (kShuffle) measured 0.7-1.0x of oneDNN's
-  // channels_last deconvolution, which writes the output once; NCHW goes through it as well.
-  return fmt == at::MemoryFormat::ChannelsLast ? Route::kOneDnn : Route::kOneDnnViaChannelsLast;
+  if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
+  return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
 Route backward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
   const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force && *force) return static_cast<Route>(std::atoi(force));
-  if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
-  return p.shuffle() ? Route::kShuffleViaChannelsLast : Route::kOneDnnViaChannelsLast;
+  if (!p.shuffle()) return Route::kOneDnn;
+  return fmt == at::MemoryFormat::ChannelsLast ? Route::kShuffle : Route::kShuffleViaChannelsLast;
 }
 
 at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -293,10 +299,10 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   at::Tensor out = at::convolution(input, weight, bias, stride, padding, dilation, /*transposed=*/true,
                                    output_padding, groups);
   if (relu) out.relu_();
-  return out;
+  return out.contiguous(fmt);  // the fake kernel's promise (a no-op where oneDNN already chose it)
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
   const ConvT2dParams p = check_conv_transpose2d("conv_transpose2d_backward", input, weight, stride, padding,
@@ -326,6 +332,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
   auto r = at::convolution_backward(grad_output, input, weight, std::vector<int64_t>{p.cout}, stride, padding,
                                     dilation, /*transposed=*/true, output_padding, groups, {true, true, true});
   return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
+
+
+// The layouts the fake kernel promises: grad_input in the forward's output format rule, grad_weight
+// contiguous.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
+  auto r = backward_routes(grad_output, input, weight, stride, padding, output_padding, groups, dilation);
+  return {std::get<0>(r).contiguous(conv_memory_format(input, weight)), std::get<1>(r).contiguous(), std::get<2>(r)};
 }
 
 }  // namespace

@@ -142,9 +142,11 @@ def _out_shape(input, weight, stride, padding, output_padding, groups, dilation)
 
 
 def _memory_format(input, weight):
+    """PyTorch's (and the native kernels') rule: channels_last if the input or the weight suggests it."""
+    from torch._prims_common import suggest_memory_format
+
     cl = torch.channels_last
-    return cl if any(t.is_contiguous(memory_format=cl) and not t.is_contiguous() for t in (input, weight)) \
-        else torch.contiguous_format
+    return cl if cl in (suggest_memory_format(input), suggest_memory_format(weight)) else torch.contiguous_format
 
 
 if _extension.loaded():
@@ -157,8 +159,8 @@ if _extension.loaded():
 
     @torch.library.register_fake("fastseg::conv_transpose2d_backward")
     def _fake_backward(grad_output, input, weight, stride, padding, output_padding, groups, dilation):
-        return (torch.empty_like(input), torch.empty_like(weight),
-                input.new_empty((weight.shape[1] * groups,)))
+        return (input.new_empty(input.shape).contiguous(memory_format=_memory_format(input, weight)),
+                weight.new_empty(weight.shape), input.new_empty((weight.shape[1] * groups,)))
 
     def _setup_context(ctx, inputs, output):
         input, weight, bias, stride, padding, output_padding, groups, dilation, relu = inputs

@@ -38,7 +38,9 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     if n == 0:  # F.conv2d refuses the empty, possibly zero-width image; the answer is empty anyway
         ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
         wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
-        out = x.new_empty(0, cout_g * groups, ho, wo)
+        out = x.new_zeros(0, cout_g * groups, ho, wo) + (x.sum() + weight.sum()) * 0  # in the graph: zero grads
+        if bias is not None:
+            out = out + bias.view(1, -1, 1, 1) * 0
         return out.squeeze(0) if unbatched else out
     # 1. zero insertion
     z = x.new_zeros(n, cin, (h - 1) * sh + 1 if h else 0, (w - 1) * sw + 1 if w else 0)

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastseg
-from fastseg import reference
+from fastseg import backend, reference
 from conftest import call, require_backend
 
 # Per-dtype tolerances (atol = rtol) for outputs of unit scale (weights scaled by 1/sqrt(fan-in)).
@@ -109,12 +109,16 @@ def test_forward_random_configs(backend_name):
 ])
 def test_forward_dtypes(backend_name, dtype, channels_last, case):
     require_backend(backend_name, "cpu")
-    if backend_name == "triton" and dtype in (torch.float16, torch.bfloat16, torch.float64):
-        pytest.skip("the Triton interpreter runs fp32 (no bf16 arithmetic); fp16/bf16 run on the GPU")
+    if backend_name == "triton" and dtype == torch.bfloat16 and backend.triton_interpreting():
+        pytest.skip("the Triton interpreter has no bf16 arithmetic; bf16 runs on the GPU")
     shape, stride, padding, output_padding, dilation = case
     n, cin, cout_g, groups, kh, kw, h, w = shape
     x, wt, b = make(n, cin // groups, cout_g, groups, kh, kw, h, w, dtype, channels_last=channels_last)
     args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+    if backend_name == "triton" and dtype == torch.float64:
+        with pytest.raises(NotImplementedError, match="tl.dot has no fp64"):
+            run(backend_name, x, wt, b, args)
+        return
     out = run(backend_name, x, wt, b, args)
     check_close(out, expected(x, wt, b, **args), dtype)
     # same memory format as PyTorch's
@@ -381,3 +385,40 @@ def test_bilinear_init_depthwise_and_known_values():
     torch.testing.assert_close(w3[1, 1], torch.tensor([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]))
     with pytest.raises(ValueError, match="bilinear_: weight must be a 4-D tensor"):
         fastseg.nn.init.bilinear_(torch.empty(3, 3))
+
+
+# -- registration and the GPU -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["conv_transpose2d", "conv_transpose2d_backward"])
+def test_kernels_registered(op):
+    from fastseg import _extension
+
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", "CPU")
+    if _extension.with_cuda():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", "CUDA")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_device_forward_backward(backend_name, device, dtype, channels_last):
+    """Every backend on every device (the CUDA run of make gpu-check), forward and gradients."""
+    require_backend(backend_name, device)
+    if device == "cpu" and backend_name == "triton" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter has no bf16 arithmetic")
+    cases = [((2, 8, 6, 1, 2, 2, 5, 7), 2, 0, 0, 1), ((1, 5, 5, 1, 4, 4, 6, 5), 2, 1, 1, 1),
+             ((1, 6, 3, 3, 2, 3, 4, 5), (2, 3), (1, 0), (1, 2), 1), ((1, 3, 2, 1, 3, 2, 4, 4), (3, 2), (2, 1), (1, 0), (2, 1))]
+    for shape, stride, padding, output_padding, dilation in cases:
+        n, cin, cout_g, groups, kh, kw, h, w = shape
+        x, wt, b = make(n, cin // groups, cout_g, groups, kh, kw, h, w, dtype, device, channels_last=channels_last)
+        args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, wt, b)]
+        out = run(backend_name, *leaves, args)
+        check_close(out, expected(x.cpu(), wt.cpu(), b.cpu(), **args), dtype)
+        gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+        got = torch.autograd.grad(out, leaves, gy)
+        ref_leaves = [t.detach().cpu().double().requires_grad_() for t in (x, wt, b)]
+        want = torch.autograd.grad(F.conv_transpose2d(*ref_leaves, **args), ref_leaves, gy.cpu().double())
+        for name, a, e in zip("xwb", got, want):
+            scale = max(1.0, e.abs().max().item())
+            torch.testing.assert_close(a.double().cpu(), e, atol=TOL[dtype] * 4 * scale, rtol=TOL[dtype] * 4,
+                                       msg=f"grad {name}")

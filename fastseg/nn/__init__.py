@@ -1,1 +1,5 @@
 """Layers with no configuration (drop-in nn.Modules built on fastseg.ops)."""
+from fastseg.nn import init
+from fastseg.nn.conv import ConvTranspose2d
+
+__all__ = ["ConvTranspose2d", "init"]

@@ -1,4 +1,5 @@
 """fastseg's operators: drop-in replacements for ``torchvision.ops`` (same signatures, same results)."""
+from fastseg.ops.conv_transpose2d import conv_transpose2d
 from fastseg.ops.nms import batched_nms, nms
 from fastseg.ops.poolers import MultiScaleRoIAlign
 from fastseg.ops.roi_align import RoIAlign, roi_align
@@ -19,3 +20,4 @@ from fastseg.ops.boxes import (  # noqa: E402
 __all__ += ["AnchorGenerator", "grid_anchors", "anchors_for", "BoxCoder", "box_decode", "box_encode", "box_iou",
             "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_area", "clip_boxes_to_image",
             "remove_small_boxes", "box_convert"]
+__all__ = ["nms", "batched_nms", "conv_transpose2d"]

@@ -1,5 +1,6 @@
 """Pure-PyTorch references: written for clarity, not speed. They are the oracle of every test and the
 ``torch`` backend."""
+from fastseg.reference.conv_transpose2d import conv_transpose2d
 from fastseg.reference.nms import batched_nms, nms
 from fastseg.reference.roi_align import multi_level_roi_align, roi_align
 from fastseg.reference.roi_pool import roi_pool
@@ -19,3 +20,4 @@ from fastseg.reference.boxes import (  # noqa: E402
 
 __all__ += ["grid_anchors", "box_decode", "box_encode", "box_iou", "generalized_box_iou", "distance_box_iou",
             "complete_box_iou", "box_area", "clip_boxes_to_image", "remove_small_boxes", "box_convert"]
+__all__ = ["nms", "batched_nms", "conv_transpose2d"]

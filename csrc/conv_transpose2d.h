@@ -1,0 +1,79 @@
+// Declarations and input checks shared by the CPU and CUDA transposed-convolution kernels.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+
+namespace fastseg {
+
+struct ConvT2dParams {
+  int64_t sh, sw, ph, pw, oph, opw, dh, dw, groups;
+  int64_t n, cin, h, w, cout, cout_g, cin_g, kh, kw, ho, wo;
+  // kernel == stride and no dilation: every output pixel receives exactly one tap, so the op is one
+  // GEMM per group followed by a pixel-shuffle-like scatter (U-Net's k2 s2 up-convolution).
+  bool shuffle() const { return kh == sh && kw == sw && (dh == 1 || kh == 1) && (dw == 1 || kw == 1); }
+};
+
+// The checks every kernel runs first, so that a direct call of torch.ops.fastseg.* gets the same clear
+// message as the Python API (which raises ValueError before getting here).
+inline ConvT2dParams check_conv_transpose2d(const char* op, const at::Tensor& input,
+                                            const at::Tensor& weight, at::IntArrayRef stride,
+                                            at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                            int64_t groups, at::IntArrayRef dilation) {
+  TORCH_CHECK(input.dim() == 4, op, ": input must be a 4-D tensor [N, C_in, H, W], got shape ",
+              input.sizes());
+  TORCH_CHECK(weight.dim() == 4, op, ": weight must be a 4-D tensor [C_in, C_out / groups, kH, kW], got shape ",
+              weight.sizes());
+  TORCH_CHECK(stride.size() == 2 && padding.size() == 2 && output_padding.size() == 2 && dilation.size() == 2,
+              op, ": stride, padding, output_padding and dilation must have 2 values each");
+  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": input must be floating point, got ",
+              input.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == input.scalar_type(), op, ": weight must have the dtype of input (",
+              input.scalar_type(), "), got ", weight.scalar_type());
+  TORCH_CHECK(weight.device() == input.device(), op, ": weight must be on the device of input (",
+              input.device(), "), got ", weight.device());
+  TORCH_CHECK(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  TORCH_CHECK(input.size(1) > 0 && input.size(1) % groups == 0, op,
+              ": input channels must be a positive multiple of groups (", groups, "), got ", input.size(1));
+  TORCH_CHECK(weight.size(0) == input.size(1), op, ": weight.size(0) must equal the input channels (",
+              input.size(1), "), got weight of shape ", weight.sizes());
+  for (int i = 0; i < 2; ++i) {
+    TORCH_CHECK(stride[i] >= 1, op, ": stride must be >= 1, got ", stride);
+    TORCH_CHECK(dilation[i] >= 1, op, ": dilation must be >= 1, got ", dilation);
+    TORCH_CHECK(padding[i] >= 0, op, ": padding must be >= 0, got ", padding);
+    TORCH_CHECK(output_padding[i] >= 0 && output_padding[i] < std::max(stride[i], dilation[i]), op,
+                ": output_padding must be >= 0 and smaller than stride or dilation, got ", output_padding,
+                " with stride ", stride, " and dilation ", dilation);
+  }
+  ConvT2dParams p;
+  p.sh = stride[0], p.sw = stride[1], p.ph = padding[0], p.pw = padding[1];
+  p.oph = output_padding[0], p.opw = output_padding[1], p.dh = dilation[0], p.dw = dilation[1];
+  p.groups = groups;
+  p.n = input.size(0), p.cin = input.size(1), p.h = input.size(2), p.w = input.size(3);
+  p.cout_g = weight.size(1), p.cout = p.cout_g * groups, p.cin_g = p.cin / groups;
+  p.kh = weight.size(2), p.kw = weight.size(3);
+  p.ho = (p.h - 1) * p.sh - 2 * p.ph + p.dh * (p.kh - 1) + p.oph + 1;
+  p.wo = (p.w - 1) * p.sw - 2 * p.pw + p.dw * (p.kw - 1) + p.opw + 1;
+  TORCH_CHECK(p.ho > 0 && p.wo > 0 || p.n == 0 && p.ho >= 0 && p.wo >= 0, op,
+              ": the output size would be ", p.ho, " x ", p.wo, " for input ", input.sizes(),
+              ": padding is too large");
+  return p;
+}
+
+inline void check_bias(const char* op, const at::Tensor& bias, const at::Tensor& input, int64_t cout) {
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == cout, op, ": bias must have shape [", cout, "], got ",
+              bias.sizes());
+  TORCH_CHECK(bias.scalar_type() == input.scalar_type() && bias.device() == input.device(), op,
+              ": bias must have the dtype and device of input");
+}
+
+// PyTorch's choice of the output memory format (mkldnn/cudnn_conv_suggest_memory_format).
+inline at::MemoryFormat conv_memory_format(const at::Tensor& input, const at::Tensor& weight) {
+  return input.suggest_memory_format() == at::MemoryFormat::ChannelsLast ||
+                 weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast
+             ? at::MemoryFormat::ChannelsLast
+             : at::MemoryFormat::Contiguous;
+}
+
+}  // namespace fastseg

@@ -1,0 +1,354 @@
+// CPU transposed 2-D convolution, forward and backward.
+//
+// kernel == stride, no dilation (U-Net's k2 s2 up-convolution, the Hourglass' k2 s2 upsampling): every
+// output pixel receives exactly one kernel tap, so the op is ONE GEMM per group,
+//     Y[(ky, kx, co), pixel] = W^T[(co, ky, kx), ci] @ X[ci, pixel]        (NCHW)
+//     Y[pixel, (ky, kx, co)] = X[pixel, ci] @ W[ci, (ky, kx, co)]          (channels_last)
+// through ATen's BLAS (at::mm: MKL/oneDNN sgemm), followed by a parallel pixel-shuffle-like scatter
+// that fuses the crop of `padding`, the rows added by `output_padding`, the bias and the ReLU. There is
+// no zero-insertion and no col2im accumulation. The backward gathers grad_output into the same [pixel,
+// (ky, kx, co)] matrix and runs two GEMMs: grad_input = G @ W^T, grad_weight = X^T @ G.
+//
+// Every other configuration (k4 s2 p1, k3 s1, k16 s8, dilation...) goes to at::convolution /
+// at::convolution_backward, i.e. to the same oneDNN deconvolution PyTorch runs: measured in
+// benchmarks/notes/conv_transpose2d.md, oneDNN's implicit-GEMM deconvolution beat every sub-pixel
+// formulation tried here (dense conv2d of s*s phases + pixel shuffle was 1.2-4x slower), so matching
+// it is the best there is on those shapes.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cmath>
+#include <vector>
+
+#include "conv_transpose2d.h"
+
+namespace fastseg {
+namespace {
+
+// at::mm_out into a view (mm_out wants an lvalue; the views here are temporaries).
+inline void mm_into(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
+
+// Bias and ReLU in the op-math type (float for fp16/bf16, the type itself otherwise); NaN stays NaN.
+template <typename T>
+using Acc = at::opmath_type<T>;
+template <typename T>
+inline T epilogue(Acc<T> v, bool relu) {
+  return static_cast<T>(relu && !(v > Acc<T>(0)) && !std::isnan(v) ? Acc<T>(0) : v);
+}
+
+// NCHW scatter. y: [N, Cout, kh, kw, H, W] (GEMM output); out: [N, Cout, Ho, Wo] contiguous.
+template <typename T>
+void scatter_nchw(const T* y, const T* bias, T* out, const ConvT2dParams& p, bool relu) {
+  const int64_t rows = p.n * p.cout * p.ho;
+  const int64_t plane = p.h * p.w, k = p.kh * p.kw;
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> src(p.wo);  // offset of each output column in a (ky) slab, -1: bias only
+    int64_t cached_kx_plane = -1;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t oy = r % p.ho, nc = r / p.ho, c = nc % p.cout;
+      const Acc<T> b = bias ? static_cast<Acc<T>>(bias[c]) : Acc<T>(0);
+      T* o = out + r * p.wo;
+      const int64_t qy = oy + p.ph, iy = qy / p.kh, ky = qy % p.kh;
+      if (iy >= p.h) {  // a row added by output_padding: nothing but the bias
+        for (int64_t ox = 0; ox < p.wo; ++ox) o[ox] = epilogue<T>(b, relu);
+        continue;
+      }
+      if (cached_kx_plane < 0) {
+        for (int64_t ox = 0; ox < p.wo; ++ox) {
+          const int64_t qx = ox + p.pw, ix = qx / p.kw, kx = qx % p.kw;
+          src[ox] = ix < p.w ? kx * plane + ix : -1;
+        }
+        cached_kx_plane = 0;
+      }
+      const T* ys = y + (nc * k + ky * p.kw) * plane + iy * p.w;
+      for (int64_t ox = 0; ox < p.wo; ++ox) {
+        const int64_t s = src[ox];
+        o[ox] = epilogue<T>(s >= 0 ? static_cast<Acc<T>>(ys[s]) + b : b, relu);
+      }
+    }
+  });
+}
+
+// channels_last scatter. y: [groups, N*H*W, kh, kw, Cout_g]; out: [N, Ho, Wo, Cout] contiguous.
+template <typename T>
+void scatter_nhwc(const T* y, const T* bias, T* out, const ConvT2dParams& p, bool relu) {
+  const int64_t rows = p.n * p.ho;
+  const int64_t npix = p.n * p.h * p.w, k = p.kh * p.kw;
+  at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t oy = r % p.ho, n = r / p.ho;
+      const int64_t qy = oy + p.ph, iy = qy / p.kh, ky = qy % p.kh;
+      for (int64_t ox = 0; ox < p.wo; ++ox) {
+        T* o = out + (r * p.wo + ox) * p.cout;
+        const int64_t qx = ox + p.pw, ix = qx / p.kw, kx = qx % p.kw;
+        const bool inside = iy < p.h && ix < p.w;
+        const int64_t pix = (n * p.h + iy) * p.w + ix;
+        for (int64_t g = 0; g < p.groups; ++g) {
+          T* og = o + g * p.cout_g;
+          const T* bg = bias ? bias + g * p.cout_g : nullptr;
+          if (inside) {
+            const T* ys = y + ((g * npix + pix) * k + ky * p.kw + kx) * p.cout_g;
+            for (int64_t c = 0; c < p.cout_g; ++c)
+              og[c] = epilogue<T>(static_cast<Acc<T>>(ys[c]) + (bg ? static_cast<Acc<T>>(bg[c]) : Acc<T>(0)), relu);
+          } else {
+            for (int64_t c = 0; c < p.cout_g; ++c) og[c] = epilogue<T>(bg ? static_cast<Acc<T>>(bg[c]) : Acc<T>(0), relu);
+          }
+        }
+      }
+    }
+  });
+}
+
+// NCHW gather of grad_output into g: [N, Cout, kh, kw, H, W] (zeros where padding cropped the tap).
+template <typename T>
+void gather_nchw(const T* gy, T* g, const ConvT2dParams& p) {
+  const int64_t rows = p.n * p.cout * p.kh * p.h;  // (n, c, ky, iy)
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t iy = r % p.h, t = r / p.h, ky = t % p.kh, nc = t / p.kh;
+      const int64_t oy = iy * p.kh + ky - p.ph;
+      for (int64_t kx = 0; kx < p.kw; ++kx) {
+        T* dst = g + (((nc * p.kh + ky) * p.kw + kx) * p.h + iy) * p.w;
+        if (oy < 0 || oy >= p.ho) {
+          std::fill(dst, dst + p.w, T(0));
+          continue;
+        }
+        const T* src = gy + (nc * p.ho + oy) * p.wo;
+        for (int64_t ix = 0; ix < p.w; ++ix) {
+          const int64_t ox = ix * p.kw + kx - p.pw;
+          dst[ix] = ox >= 0 && ox < p.wo ? src[ox] : T(0);
+        }
+      }
+    }
+  });
+}
+
+// channels_last gather of grad_output into g: [groups, N*H*W, kh, kw, Cout_g].
+template <typename T>
+void gather_nhwc(const T* gy, T* g, const ConvT2dParams& p) {
+  const int64_t rows = p.n * p.h, npix = p.n * p.h * p.w, k = p.kh * p.kw;
+  at::parallel_for(0, rows, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t iy = r % p.h, n = r / p.h;
+      for (int64_t ix = 0; ix < p.w; ++ix) {
+        const int64_t pix = r * p.w + ix;
+        for (int64_t ky = 0; ky < p.kh; ++ky) {
+          const int64_t oy = iy * p.kh + ky - p.ph;
+          for (int64_t kx = 0; kx < p.kw; ++kx) {
+            const int64_t ox = ix * p.kw + kx - p.pw;
+            const bool inside = oy >= 0 && oy < p.ho && ox >= 0 && ox < p.wo;
+            const T* src = gy + ((n * p.ho + oy) * p.wo + ox) * p.cout;
+            for (int64_t gr = 0; gr < p.groups; ++gr) {
+              T* dst = g + ((gr * npix + pix) * k + ky * p.kw + kx) * p.cout_g;
+              if (inside)
+                std::copy(src + gr * p.cout_g, src + (gr + 1) * p.cout_g, dst);
+              else
+                std::fill(dst, dst + p.cout_g, T(0));
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// weight [Cin, Cout_g, kh, kw] -> [groups, Cin_g, kh * kw * Cout_g] (the channels_last GEMM's B).
+at::Tensor weight_khwc(const at::Tensor& weight, const ConvT2dParams& p) {
+  return weight.reshape({p.groups, p.cin_g, p.cout_g, p.kh * p.kw}).permute({0, 1, 3, 2}).contiguous()
+      .view({p.groups, p.cin_g, p.kh * p.kw * p.cout_g});
+}
+
+at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           const ConvT2dParams& p, bool relu, at::MemoryFormat fmt) {
+  const int64_t k = p.kh * p.kw, plane = p.h * p.w;
+  at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  at::Tensor y;
+  if (fmt == at::MemoryFormat::Contiguous) {
+    const at::Tensor x = input.contiguous();
+    const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
+    y = at::empty({p.n, p.cout * k, plane}, input.options());
+    for (int64_t n = 0; n < p.n; ++n)
+      for (int64_t g = 0; g < p.groups; ++g)
+        mm_into(y[n].narrow(0, g * p.cout_g * k, p.cout_g * k),
+                   w.narrow(0, g * p.cin_g, p.cin_g).t(), x[n].view({p.cin, plane}).narrow(0, g * p.cin_g, p.cin_g));
+  } else {
+    const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1})
+                             .reshape({p.n * plane, p.cin});
+    const at::Tensor w = weight_khwc(weight, p);
+    y = at::empty({p.groups, p.n * plane, k * p.cout_g}, input.options());
+    for (int64_t g = 0; g < p.groups; ++g)
+      mm_into(y[g], p.groups == 1 ? x : x.narrow(1, g * p.cin_g, p.cin_g), w[g]);
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_cpu", [&] {
+    const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
+    if (fmt == at::MemoryFormat::Contiguous)
+      scatter_nchw<scalar_t>(y.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), p, relu);
+    else
+      scatter_nhwc<scalar_t>(y.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), p, relu);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor& grad_out, const at::Tensor& input,
+                                                                const at::Tensor& weight, const ConvT2dParams& p,
+                                                                at::MemoryFormat fmt) {
+  const int64_t k = p.kh * p.kw, plane = p.h * p.w;
+  at::Tensor grad_bias = grad_out.sum({0, 2, 3});
+  at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));
+  at::Tensor grad_weight;
+  if (fmt == at::MemoryFormat::Contiguous) {
+    const at::Tensor gy = grad_out.contiguous();
+    const at::Tensor x = input.contiguous();
+    const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
+    at::Tensor g = at::empty({p.n, p.cout * k, plane}, input.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
+                                    [&] { gather_nchw<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p); });
+    grad_weight = at::zeros({p.cin, p.cout_g * k}, input.options());
+    for (int64_t n = 0; n < p.n; ++n) {
+      const at::Tensor xn = x[n].view({p.cin, plane});
+      for (int64_t gr = 0; gr < p.groups; ++gr) {
+        const at::Tensor gg = g[n].narrow(0, gr * p.cout_g * k, p.cout_g * k);
+        const at::Tensor xg = xn.narrow(0, gr * p.cin_g, p.cin_g);
+        mm_into(grad_input[n].view({p.cin, plane}).narrow(0, gr * p.cin_g, p.cin_g),
+                   w.narrow(0, gr * p.cin_g, p.cin_g), gg);
+        grad_weight.narrow(0, gr * p.cin_g, p.cin_g).addmm_(xg, gg.t());
+      }
+    }
+    grad_weight = grad_weight.view({p.cin, p.cout_g, p.kh, p.kw});
+  } else {
+    const at::Tensor gy = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
+    const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1})
+                             .reshape({p.n * plane, p.cin});
+    const at::Tensor w = weight_khwc(weight, p);
+    at::Tensor g = at::empty({p.groups, p.n * plane, k * p.cout_g}, input.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
+                                    [&] { gather_nhwc<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p); });
+    at::Tensor gi = grad_input.permute({0, 2, 3, 1}).view({p.n * plane, p.cin});  // shares grad_input's storage
+    at::Tensor gw = at::empty({p.groups, p.cin_g, k * p.cout_g}, input.options());
+    for (int64_t gr = 0; gr < p.groups; ++gr) {
+      const at::Tensor xg = p.groups == 1 ? x : x.narrow(1, gr * p.cin_g, p.cin_g);
+      if (p.groups == 1)
+        mm_into(gi, g[gr], w[gr].t());
+      else
+        gi.narrow(1, gr * p.cin_g, p.cin_g).copy_(at::mm(g[gr], w[gr].t()));
+      mm_into(gw[gr], xg.t(), g[gr]);
+    }
+    grad_weight = gw.view({p.groups, p.cin_g, p.kh, p.kw, p.cout_g}).permute({0, 1, 4, 2, 3})
+                      .reshape({p.cin, p.cout_g, p.kh, p.kw});
+  }
+  return {grad_input, grad_weight.to(weight.scalar_type()), grad_bias};
+}
+
+// How a call runs (measured in benchmarks/notes/conv_transpose2d.md):
+// - forward, channels_last: oneDNN's deconvolution (at::convolution, what PyTorch runs). Our
+//   kernel == stride GEMM + scatter measured 0.7-1.0x of it: oneDNN writes the output once, the GEMM
+//   + scatter twice.
+// - forward, NCHW: oneDNN's NCHW deconvolution is much slower than its channels_last one on layers with
+//   few channels (FCN's 21 classes: 12x; U-Net's 128 -> 64: 15x), more than the two layout copies cost,
+//   so those run in channels_last and are copied back; wide layers (the gap is 1.1-1.4x there, about
+//   what the copies cost) run oneDNN's NCHW directly.
+// - backward, kernel == stride: our gather + two GEMMs (1.4-1.8x oneDNN in channels_last, 1.0-1.2x in
+//   NCHW through channels_last copies). Other backward: oneDNN (at::convolution_backward).
+enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast };
+
+Route forward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
+  const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
+  if (force && *force) return static_cast<Route>(std::atoi(force));
+  if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
+  return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
+}
+
+Route backward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
+  const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
+  if (force && *force) return static_cast<Route>(std::atoi(force));
+  if (!p.shuffle()) return Route::kOneDnn;
+  return fmt == at::MemoryFormat::ChannelsLast ? Route::kShuffle : Route::kShuffleViaChannelsLast;
+}
+
+at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                int64_t groups, at::IntArrayRef dilation, bool relu) {
+  const ConvT2dParams p =
+      check_conv_transpose2d("conv_transpose2d", input, weight, stride, padding, output_padding, groups, dilation);
+  if (bias.has_value() && bias->defined()) check_bias("conv_transpose2d", *bias, input, p.cout);
+  const at::MemoryFormat fmt = conv_memory_format(input, weight);
+  if (p.n == 0) return at::empty({0, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
+  const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
+  switch (forward_route(p, fmt)) {
+    case Route::kShuffle:
+      if (p.shuffle()) return shuffle_forward(input, weight, bias, p, relu, fmt);
+      break;
+    case Route::kShuffleViaChannelsLast:
+      if (p.shuffle()) return shuffle_forward(input, weight, bias, p, relu, cl).contiguous(fmt);
+      break;
+    case Route::kOneDnnViaChannelsLast: {
+      at::Tensor out = at::convolution(input.contiguous(cl), weight.contiguous(cl), bias, stride, padding, dilation,
+                                       /*transposed=*/true, output_padding, groups);
+      if (relu) out.relu_();
+      return out.contiguous(fmt);
+    }
+    default:
+      break;
+  }
+  at::Tensor out = at::convolution(input, weight, bias, stride, padding, dilation, /*transposed=*/true,
+                                   output_padding, groups);
+  if (relu) out.relu_();
+  return out.contiguous(fmt);  // the fake kernel's promise (a no-op where oneDNN already chose it)
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
+  const ConvT2dParams p = check_conv_transpose2d("conv_transpose2d_backward", input, weight, stride, padding,
+                                                 output_padding, groups, dilation);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.n && grad_output.size(1) == p.cout &&
+                  grad_output.size(2) == p.ho && grad_output.size(3) == p.wo,
+              "conv_transpose2d_backward: grad_output must have shape [", p.n, ", ", p.cout, ", ", p.ho, ", ", p.wo,
+              "], got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(),
+              "conv_transpose2d_backward: grad_output must have the dtype of input");
+  const at::MemoryFormat fmt = conv_memory_format(input, weight);
+  if (p.n == 0)
+    return {at::empty_like(input), at::zeros_like(weight), at::zeros({p.cout}, input.options())};
+  const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
+  const Route route = backward_route(p, fmt);
+  if (route == Route::kShuffle && p.shuffle()) return shuffle_backward(grad_output, input, weight, p, fmt);
+  if (route == Route::kShuffleViaChannelsLast && p.shuffle()) {
+    auto r = shuffle_backward(grad_output.contiguous(cl), input.contiguous(cl), weight, p, cl);
+    return {std::get<0>(r).contiguous(fmt), std::get<1>(r), std::get<2>(r)};
+  }
+  if (route == Route::kOneDnnViaChannelsLast) {
+    auto r = at::convolution_backward(grad_output.contiguous(cl), input.contiguous(cl), weight.contiguous(cl),
+                                      std::vector<int64_t>{p.cout}, stride, padding, dilation, /*transposed=*/true,
+                                      output_padding, groups, {true, true, true});
+    return {std::get<0>(r).contiguous(fmt), std::get<1>(r).contiguous(), std::get<2>(r)};
+  }
+  auto r = at::convolution_backward(grad_output, input, weight, std::vector<int64_t>{p.cout}, stride, padding,
+                                    dilation, /*transposed=*/true, output_padding, groups, {true, true, true});
+  return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+}
+
+
+// The layouts the fake kernel promises: grad_input in the forward's output format rule, grad_weight
+// contiguous.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
+  auto r = backward_routes(grad_output, input, weight, stride, padding, output_padding, groups, dilation);
+  return {std::get<0>(r).contiguous(conv_memory_format(input, weight)), std::get<1>(r).contiguous(), std::get<2>(r)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastseg, CPU, m) {
+  m.impl("conv_transpose2d", &conv_transpose2d_cpu);
+  m.impl("conv_transpose2d_backward", &conv_transpose2d_backward_cpu);
+}
+
+}  // namespace fastseg

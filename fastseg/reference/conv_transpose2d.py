@@ -1,0 +1,59 @@
+"""Transposed 2-D convolution, the definition (independent of ``F.conv_transpose2d``).
+
+A transposed convolution with stride s, padding p, output_padding op, dilation d and groups g is the
+adjoint of ``conv2d(., weight, stride=s, padding=p, dilation=d, groups=g)``. Written as a regular
+convolution:
+
+1. zero insertion: put ``s - 1`` zeros between neighbouring input pixels (``(H - 1) * s + 1`` rows);
+2. pad each side with ``d * (k - 1) - p`` zeros (negative: crop), and ``op`` more at the bottom/right;
+3. ``conv2d`` with stride 1, dilation d, groups g and the weight of each group transposed
+   (``[Cin/g, Cout/g, k, k] -> [Cout/g, Cin/g, k, k]``) and flipped in both spatial dimensions.
+
+Output size: ``(H - 1) * s - 2 * p + d * (k - 1) + op + 1`` (same for the width).
+``activation="relu"`` applies ``max(., 0)`` after the bias.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
+                     output_padding=0, groups: int = 1, dilation=1, activation: str | None = None) -> Tensor:
+    (sh, sw), (ph, pw), (oph, opw), (dh, dw) = map(_pair, (stride, padding, output_padding, dilation))
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    n, cin, h, w = x.shape
+    _, cout_g, kh, kw = weight.shape
+
+    if n == 0:  # F.conv2d refuses the empty, possibly zero-width image; the answer is empty anyway
+        ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+        wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+        out = x.new_zeros(0, cout_g * groups, ho, wo) + (x.sum() + weight.sum()) * 0  # in the graph: zero grads
+        if bias is not None:
+            out = out + bias.view(1, -1, 1, 1) * 0
+        return out.squeeze(0) if unbatched else out
+    # 1. zero insertion
+    z = x.new_zeros(n, cin, (h - 1) * sh + 1 if h else 0, (w - 1) * sw + 1 if w else 0)
+    z[:, :, ::sh, ::sw] = x
+    # 2. padding (F.pad crops where the amount is negative)
+    top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    z = F.pad(z, (left, left + opw, top, top + oph))
+    # 3. per-group transposed and flipped weight
+    wt = weight.reshape(groups, cin // groups, cout_g, kh, kw).transpose(1, 2)
+    wt = wt.flip(-1, -2).reshape(groups * cout_g, cin // groups, kh, kw)
+    out = F.conv2d(z, wt, bias, 1, 0, (dh, dw), groups)
+    if activation == "relu":
+        out = out.relu()
+    if not unbatched and (_channels_last(input) or _channels_last(weight)):
+        out = out.contiguous(memory_format=torch.channels_last)  # PyTorch's rule for the output format
+    return out.squeeze(0) if unbatched else out

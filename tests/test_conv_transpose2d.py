@@ -1,0 +1,424 @@
+"""conv_transpose2d: every backend against torch.nn.functional.conv_transpose2d, forward and backward;
+fastseg.nn.ConvTranspose2d against torch.nn.ConvTranspose2d; fastseg.nn.init.bilinear_."""
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import fastseg
+from fastseg import backend, reference
+from conftest import call, require_backend
+
+# Per-dtype tolerances (atol = rtol) for outputs of unit scale (weights scaled by 1/sqrt(fan-in)).
+TOL = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 1.5e-2, torch.bfloat16: 8e-2}
+
+
+def expected(x, w, b, stride, padding, output_padding, groups, dilation, relu=False):
+    """PyTorch's answer, computed in fp64 on the (already rounded) inputs."""
+    out = F.conv_transpose2d(x.double(), w.double(), None if b is None else b.double(), stride, padding,
+                             output_padding, groups, dilation)
+    return out.relu() if relu else out
+
+
+def make(n, cin, cout_g, groups, kh, kw, h, w, dtype=torch.float32, device="cpu", seed=0, bias=True,
+         channels_last=False):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin * groups, h, w, generator=g)
+    wt = torch.randn(cin * groups, cout_g, kh, kw, generator=g) / math.sqrt(cin * kh * kw)
+    b = torch.randn(cout_g * groups, generator=g) if bias else None
+    x, wt = x.to(device, dtype), wt.to(device, dtype)
+    b = b.to(device, dtype) if b is not None else None
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, wt, b
+
+
+@st.composite
+def configs(draw, max_hw=6, max_c=3):
+    groups = draw(st.integers(1, 3))
+    cfg = dict(
+        n=draw(st.integers(0, 2)), cin=draw(st.integers(1, max_c)), cout_g=draw(st.integers(1, max_c)),
+        groups=groups, kh=draw(st.integers(1, 4)), kw=draw(st.integers(1, 4)),
+        h=draw(st.integers(1, max_hw)), w=draw(st.integers(1, max_hw)),
+        channels_last=draw(st.booleans()), bias=draw(st.booleans()),
+    )
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    if draw(st.booleans()):  # the kernel == stride fast path gets half the examples
+        cfg["kh"], cfg["kw"] = stride
+        dilation = (1, 1) if draw(st.booleans()) else dilation
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    ho = (cfg["h"] - 1) * stride[0] - 2 * padding[0] + dilation[0] * (cfg["kh"] - 1) + output_padding[0] + 1
+    wo = (cfg["w"] - 1) * stride[1] - 2 * padding[1] + dilation[1] * (cfg["kw"] - 1) + output_padding[1] + 1
+    assume(ho > 0 and wo > 0)
+    return cfg, dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+                     dilation=dilation)
+
+
+def run(backend_name, x, w, b, args, relu=False):
+    with fastseg.use_backend(backend_name):
+        return fastseg.ops.conv_transpose2d(x, w, b, **args, activation="relu" if relu else None)
+
+
+def check_close(out, exp, dtype):
+    assert out.shape == exp.shape, (out.shape, exp.shape)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double().cpu(), exp.cpu(), atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def backends_for_hypothesis(backend_name):
+    return 25 if backend_name == "triton" else 120
+
+
+# -- forward --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend_name", ["native", "triton", "torch"])
+def test_forward_random_configs(backend_name):
+    require_backend(backend_name, "cpu")
+
+    @settings(max_examples=backends_for_hypothesis(backend_name), deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(problem=configs(), relu=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]))
+    def body(problem, relu, dtype):
+        cfg, args = problem
+        if backend_name == "triton":
+            dtype = torch.float32  # the interpreter: fp32
+        x, w, b = make(**cfg, dtype=dtype)
+        out = run(backend_name, x, w, b, args, relu)
+        check_close(out, expected(x, w, b, **args, relu=relu), dtype)
+
+    body()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", [
+    # (n, cin, cout_g, groups, kh, kw, h, w), stride, padding, output_padding, dilation
+    ((2, 8, 6, 1, 2, 2, 5, 7), 2, 0, 0, 1),      # U-Net k2 s2
+    ((1, 5, 5, 1, 4, 4, 6, 5), 2, 1, 0, 1),      # FCN / Hourglass k4 s2 p1
+    ((1, 3, 3, 1, 16, 16, 3, 4), 8, 4, 0, 1),    # FCN-8s k16 s8 p4
+    ((2, 6, 7, 1, 3, 3, 6, 6), 1, 1, 0, 1),      # DeconvNet k3 s1 p1
+    ((1, 4, 3, 2, 3, 3, 5, 4), 2, 1, 1, 1),      # groups, output_padding
+    ((1, 6, 3, 3, 2, 3, 4, 5), (2, 3), (1, 0), (1, 2), 1),  # k == s with padding and output_padding
+    ((1, 3, 2, 1, 3, 2, 4, 4), (3, 2), (2, 1), (1, 0), (2, 1)),  # dilation
+])
+def test_forward_dtypes(backend_name, dtype, channels_last, case):
+    require_backend(backend_name, "cpu")
+    if backend_name == "triton" and dtype == torch.bfloat16 and backend.triton_interpreting():
+        pytest.skip("the Triton interpreter has no bf16 arithmetic; bf16 runs on the GPU")
+    shape, stride, padding, output_padding, dilation = case
+    n, cin, cout_g, groups, kh, kw, h, w = shape
+    x, wt, b = make(n, cin // groups, cout_g, groups, kh, kw, h, w, dtype, channels_last=channels_last)
+    args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+    if backend_name == "triton" and dtype == torch.float64:
+        with pytest.raises(NotImplementedError, match="tl.dot has no fp64"):
+            run(backend_name, x, wt, b, args)
+        return
+    out = run(backend_name, x, wt, b, args)
+    check_close(out, expected(x, wt, b, **args), dtype)
+    # same memory format as PyTorch's
+    ref = F.conv_transpose2d(x, wt, b, **args)
+    assert out.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous() == ref.is_contiguous()
+
+
+def test_output_padding_region_is_written(backend_name):
+    """Pixels no tap reaches (added by output_padding) hold the bias: poison the allocator first."""
+    require_backend(backend_name, "cpu")
+    x, w, b = make(1, 3, 4, 1, 2, 2, 5, 5)
+    args = dict(stride=(2, 2), padding=0, output_padding=(1, 1), groups=1, dilation=1)
+    for _ in range(3):
+        junk = torch.full((1, 4, 11, 11), float("nan"))
+        del junk
+        out = run(backend_name, x, w, b, args)
+        check_close(out, expected(x, w, b, **args), torch.float32)
+        assert torch.equal(out[0, :, -1, :], b[:, None].expand(4, 11))
+
+
+def test_unbatched_and_empty(backend_name):
+    require_backend(backend_name, "cpu")
+    x, w, b = make(1, 4, 3, 1, 3, 3, 5, 5)
+    args = dict(stride=2, padding=1, output_padding=1, groups=1, dilation=1)
+    out = run(backend_name, x[0], w, b, args)
+    check_close(out, expected(x[0], w, b, **args), torch.float32)
+    for n, h, w_ in [(0, 5, 5), (0, 1, 1)]:
+        x0 = torch.zeros(n, 4, h, w_)
+        out = run(backend_name, x0, w, b, args)
+        assert out.shape == F.conv_transpose2d(x0, w, b, **args).shape
+
+
+def test_non_contiguous_input(backend_name):
+    require_backend(backend_name, "cpu")
+    x, w, b = make(2, 4, 3, 1, 2, 2, 8, 8)
+    xs = x[:, :, ::2, 1::2]
+    ws = torch.randn(3, 4, 2, 2).transpose(0, 1)  # [4, 3, 2, 2] strided
+    args = dict(stride=2, padding=0, output_padding=0, groups=1, dilation=1)
+    check_close(run(backend_name, xs, ws, b, args), expected(xs, ws, b, **args), torch.float32)
+
+
+# -- backward -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend_name", ["native", "triton", "torch"])
+def test_gradients_random_configs(backend_name):
+    require_backend(backend_name, "cpu")
+
+    @settings(max_examples=15 if backend_name == "triton" else 80, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(problem=configs(max_hw=5), relu=st.booleans())
+    def body(problem, relu):
+        cfg, args = problem
+        dtype = torch.float32 if backend_name == "triton" else torch.float64
+        x, w, b = make(**cfg, dtype=dtype)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
+        out = run(backend_name, *leaves[:2], leaves[2] if b is not None else None, args, relu)
+        gy = torch.randn_like(out)
+        got = torch.autograd.grad(out, leaves, gy, allow_unused=True)
+        ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+        ref = F.conv_transpose2d(*ref_leaves[:2], ref_leaves[2] if b is not None else None, **args)
+        ref = ref.relu() if relu else ref
+        want = torch.autograd.grad(ref, ref_leaves, gy, allow_unused=True)
+        for name, a, e, leaf in zip("xwb", got, want, leaves):
+            if e is None:
+                e = torch.zeros_like(leaf)
+            if a is None:
+                a = torch.zeros_like(leaf)
+            assert a.shape == leaf.shape, name
+            torch.testing.assert_close(a, e, atol=TOL[dtype] * 10, rtol=TOL[dtype] * 10, msg=f"grad {name}")
+
+    body()
+
+
+@pytest.mark.parametrize("case", [
+    ((1, 2, 2, 1, 2, 2, 3, 3), 2, 0, 0, 1),
+    ((2, 2, 1, 2, 3, 3, 3, 2), 2, 1, 1, 1),
+    ((1, 2, 2, 1, 3, 2, 2, 3), (1, 2), (1, 0), (0, 1), (2, 1)),
+    ((1, 3, 2, 1, 2, 3, 3, 3), (2, 3), (1, 1), (1, 2), 1),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradcheck(backend_name, case, channels_last):
+    require_backend(backend_name, "cpu")
+    if backend_name == "triton":
+        pytest.skip("fp64 gradcheck needs fp64 Triton arithmetic; the fp32 gradients are compared above")
+    shape, stride, padding, output_padding, dilation = case
+    n, cin, cout_g, groups, kh, kw, h, w = shape
+    x, wt, b = make(n, cin // groups, cout_g, groups, kh, kw, h, w, torch.float64, channels_last=channels_last)
+    args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+    inputs = tuple(t.requires_grad_() for t in (x, wt, b))
+    for relu in (False, True):
+        torch.autograd.gradcheck(lambda *t: run(backend_name, *t, args, relu), inputs)
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+def test_opcheck_native():
+    for channels_last in (False, True):
+        x, w, b = make(2, 3, 4, 1, 2, 2, 4, 5, channels_last=channels_last)
+        for args in [([2, 2], [0, 0], [0, 0], 1, [1, 1]), ([2, 1], [1, 0], [1, 0], 1, [1, 2])]:
+            torch.library.opcheck(torch.ops.fastseg.conv_transpose2d.default, (x, w, b, *args, False))
+            torch.library.opcheck(torch.ops.fastseg.conv_transpose2d.default, (x, w, None, *args, True))
+            out = torch.ops.fastseg.conv_transpose2d(x, w, b, *args, False)
+            torch.library.opcheck(torch.ops.fastseg.conv_transpose2d_backward.default,
+                                  (torch.randn_like(out), x, w, *args))
+
+
+def test_opcheck_triton():
+    require_backend("triton", "cpu")
+    from fastseg.kernels import conv_transpose2d as k  # noqa: F401  (registers fastseg_triton::*)
+
+    x, w, b = make(1, 2, 3, 1, 3, 3, 3, 4)
+    args = ([2, 2], [1, 1], [1, 0], 1, [1, 1])
+    torch.library.opcheck(torch.ops.fastseg_triton.conv_transpose2d.default, (x, w, b, *args, False))
+    out = torch.ops.fastseg_triton.conv_transpose2d(x, w, b, *args, False)
+    torch.library.opcheck(torch.ops.fastseg_triton.conv_transpose2d_backward.default,
+                          (torch.randn_like(out), x, w, *args))
+
+
+def test_torch_compile():
+    torch._dynamo.reset()
+    x, w, b = make(2, 4, 3, 1, 2, 2, 6, 6)
+
+    @torch.compile
+    def f(x, w, b):
+        return fastseg.ops.conv_transpose2d(x, w, b, stride=2, activation="relu") * 2
+
+    check_close(f(x, w, b), expected(x, w, b, 2, 0, 0, 1, 1, relu=True) * 2, torch.float32)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+BAD = [
+    (dict(x=torch.randn(2, 4, 5)[0]), "input must be a 3-D"),
+    (dict(x=torch.randn(1, 1, 2, 4, 5)), "input must be a 3-D"),
+    (dict(w=torch.randn(4, 3, 2)), "weight must be a 4-D"),
+    (dict(x=torch.randn(1, 5, 5, 5)), r"weight.shape\[0\] must equal the input channels \(5\)"),
+    (dict(groups=3), r"input channels must be a positive multiple of groups \(3\), got 4"),
+    (dict(groups=0), "groups must be an int >= 1, got 0"),
+    (dict(stride=0), "stride must be >= 1, got 0"),
+    (dict(padding=-1), "padding must be >= 0, got -1"),
+    (dict(dilation=(1, 0)), r"dilation must be >= 1, got \(1, 0\)"),
+    (dict(output_padding=2), r"output_padding must be smaller than stride or dilation, got output_padding=\[2, 2\]"),
+    (dict(output_padding=-1), "output_padding must be >= 0"),
+    (dict(stride=(1, 2, 3)), r"stride must be an int or a pair of ints, got \(1, 2, 3\)"),
+    (dict(stride=1.5), "stride must be an int or a pair of ints, got 1.5"),
+    (dict(b=torch.randn(5)), r"bias must have shape \[3\] \(C_out\), got \[5\]"),
+    (dict(b=torch.randn(3, dtype=torch.float64)), "bias must have the dtype and device of input"),
+    (dict(w=torch.randn(4, 3, 2, 2, dtype=torch.float64)), "weight must have the dtype of input"),
+    (dict(x=torch.randint(0, 3, (1, 4, 5, 5))), "input must be a floating-point tensor, got torch.int64"),
+    (dict(padding=5), "the output size would be"),
+    (dict(x=[1, 2]), "input must be a torch.Tensor, got list"),
+    (dict(activation="gelu"), "activation must be one of"),
+]
+
+
+@pytest.mark.parametrize("bad,match", BAD)
+def test_bad_input(backend_name, bad, match):
+    require_backend(backend_name, "cpu")
+    kw = dict(x=torch.randn(1, 4, 5, 5), w=torch.randn(4, 3, 2, 2), b=torch.randn(3), stride=2, padding=0,
+              output_padding=0, groups=1, dilation=1, activation=None)
+    kw.update(bad)
+    with pytest.raises(ValueError, match="conv_transpose2d: " + match):
+        with fastseg.use_backend(backend_name):
+            fastseg.ops.conv_transpose2d(kw["x"], kw["w"], kw["b"], kw["stride"], kw["padding"], kw["output_padding"],
+                                         kw["groups"], kw["dilation"], activation=kw["activation"])
+
+
+def test_native_op_checks_directly():
+    """A direct torch.ops call gets a clear error too, not a crash."""
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 3, 2, 2)
+    with pytest.raises(RuntimeError, match="output_padding must be >= 0 and smaller than stride or dilation"):
+        torch.ops.fastseg.conv_transpose2d(x, w, None, [2, 2], [0, 0], [2, 0], 1, [1, 1], False)
+    with pytest.raises(RuntimeError, match="weight.size\\(0\\) must equal the input channels"):
+        torch.ops.fastseg.conv_transpose2d(x, w[:3], None, [2, 2], [0, 0], [0, 0], 1, [1, 1], False)
+    with pytest.raises(RuntimeError, match="grad_output must have shape"):
+        torch.ops.fastseg.conv_transpose2d_backward(torch.randn(1, 3, 9, 9), x, w, [2, 2], [0, 0], [0, 0], 1, [1, 1])
+
+
+def test_reference_matches_pytorch():
+    # The reference is the oracle of the `torch` backend: check it on its own too, including the empty
+    # batch with a zero-width output that conv2d itself refuses.
+    x, w, b = make(2, 3, 2, 1, 3, 2, 4, 5, torch.float64)
+    for args in [(2, 1, 1, 1, 1), ((1, 3), (0, 2), (0, 1), 1, (2, 1))]:
+        torch.testing.assert_close(reference.conv_transpose2d(x, w, b, *args), F.conv_transpose2d(x, w, b, *args))
+    x0 = torch.zeros(0, 6, 5, 1)
+    assert reference.conv_transpose2d(x0, torch.randn(6, 1, 1, 2), None, 2, (0, 2), 1, 1, (1, 2)).shape == \
+        F.conv_transpose2d(x0, torch.randn(6, 1, 1, 2), None, 2, (0, 2), 1, 1, (1, 2)).shape
+
+
+# -- fastseg.nn.ConvTranspose2d and fastseg.nn.init.bilinear_ --------------------------------------
+
+@pytest.mark.parametrize("kwargs", [
+    dict(in_channels=4, out_channels=6, kernel_size=2, stride=2),
+    dict(in_channels=4, out_channels=6, kernel_size=(3, 4), stride=(2, 3), padding=(1, 2), output_padding=(1, 0),
+         groups=2, bias=False, dilation=(1, 2)),
+])
+def test_module_is_a_drop_in(backend_name, kwargs):
+    import fastseg.nn
+
+    require_backend(backend_name, "cpu")
+    torch.manual_seed(0)
+    theirs = torch.nn.ConvTranspose2d(**kwargs)
+    ours = fastseg.nn.ConvTranspose2d(**kwargs)
+    assert repr(ours).replace("fastseg", "") == repr(theirs) or ours.extra_repr() == theirs.extra_repr()
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict())
+    theirs2 = torch.nn.ConvTranspose2d(**kwargs)
+    theirs2.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 4, 5, 6)
+    with fastseg.use_backend(backend_name):
+        out = ours(x)
+        torch.testing.assert_close(out, theirs(x), atol=1e-5, rtol=1e-5)
+        # output_size picks the output_padding, as in torch
+        # the largest valid size: output_padding = stride - 1
+        size = [o - op + s - 1 for o, op, s in zip(out.shape[-2:], ours.output_padding, ours.stride)]
+        torch.testing.assert_close(ours(x, output_size=size), theirs(x, output_size=size), atol=1e-5, rtol=1e-5)
+        assert list(ours(x, output_size=size).shape[-2:]) == size
+        out.sum().backward()
+    assert ours.weight.grad is not None and ours.weight.grad.shape == ours.weight.shape
+    ours.reset_parameters()  # inherited: same initialisation scheme
+
+
+def test_module_output_size_error():
+    import fastseg.nn
+
+    m = fastseg.nn.ConvTranspose2d(2, 2, 2, stride=2)
+    with pytest.raises(ValueError, match="requested an output size"):
+        m(torch.randn(1, 2, 4, 4), output_size=[20, 20])
+
+
+def test_bilinear_init_upsamples_like_bilinear_interpolation():
+    import fastseg.nn
+
+    for f in (2, 3, 4):
+        k = 2 * f
+        pad = (f + 1) // 2 if f % 2 else f // 2
+        up = fastseg.nn.ConvTranspose2d(3, 3, k, stride=f, padding=pad, bias=False)
+        fastseg.nn.init.bilinear_(up.weight)
+        w = up.weight.detach()
+        # channel c maps to c only
+        off = w.clone()
+        off[torch.arange(3), torch.arange(3)] = 0
+        assert torch.equal(off, torch.zeros_like(off))
+        x = torch.randn(1, 3, 8, 9, dtype=torch.float32)
+        y = up(x).detach()
+        ref = F.interpolate(x, scale_factor=f, mode="bilinear", align_corners=False)
+        if f % 2 == 0:  # FCN's k = 2f, s = f, p = f / 2: bilinear interpolation away from the border
+            assert y.shape == ref.shape
+            torch.testing.assert_close(y[..., f:-f, f:-f], ref[..., f:-f, f:-f], atol=1e-5, rtol=1e-5)
+        # the weights of one channel sum to f * f (each output pixel's taps sum to 1)
+        torch.testing.assert_close(w[0, 0].sum(), torch.tensor(float(f * f)), atol=1e-5, rtol=0)
+
+
+def test_bilinear_init_depthwise_and_known_values():
+    import fastseg.nn
+
+    w = torch.empty(5, 1, 4, 4)
+    fastseg.nn.init.bilinear_(w)
+    k1 = torch.tensor([0.25, 0.75, 0.75, 0.25])
+    for c in range(5):
+        torch.testing.assert_close(w[c, 0], k1[:, None] * k1[None, :])
+    w3 = fastseg.nn.init.bilinear_(torch.empty(2, 2, 3, 3))
+    torch.testing.assert_close(w3[1, 1], torch.tensor([[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]))
+    with pytest.raises(ValueError, match="bilinear_: weight must be a 4-D tensor"):
+        fastseg.nn.init.bilinear_(torch.empty(3, 3))
+
+
+# -- registration and the GPU -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["conv_transpose2d", "conv_transpose2d_backward"])
+def test_kernels_registered(op):
+    from fastseg import _extension
+
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", "CPU")
+    if _extension.with_cuda():
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastseg::{op}", "CUDA")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_device_forward_backward(backend_name, device, dtype, channels_last):
+    """Every backend on every device (the CUDA run of make gpu-check), forward and gradients."""
+    require_backend(backend_name, device)
+    if device == "cpu" and backend_name == "triton" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter has no bf16 arithmetic")
+    cases = [((2, 8, 6, 1, 2, 2, 5, 7), 2, 0, 0, 1), ((1, 5, 5, 1, 4, 4, 6, 5), 2, 1, 1, 1),
+             ((1, 6, 3, 3, 2, 3, 4, 5), (2, 3), (1, 0), (1, 2), 1), ((1, 3, 2, 1, 3, 2, 4, 4), (3, 2), (2, 1), (1, 0), (2, 1))]
+    for shape, stride, padding, output_padding, dilation in cases:
+        n, cin, cout_g, groups, kh, kw, h, w = shape
+        x, wt, b = make(n, cin // groups, cout_g, groups, kh, kw, h, w, dtype, device, channels_last=channels_last)
+        args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups, dilation=dilation)
+        leaves = [t.detach().clone().requires_grad_() for t in (x, wt, b)]
+        out = run(backend_name, *leaves, args)
+        check_close(out, expected(x.cpu(), wt.cpu(), b.cpu(), **args), dtype)
+        gy = torch.randn(out.shape, generator=torch.Generator().manual_seed(3)).to(device, dtype)
+        got = torch.autograd.grad(out, leaves, gy)
+        ref_leaves = [t.detach().cpu().double().requires_grad_() for t in (x, wt, b)]
+        want = torch.autograd.grad(F.conv_transpose2d(*ref_leaves, **args), ref_leaves, gy.cpu().double())
+        for name, a, e in zip("xwb", got, want):
+            scale = max(1.0, e.abs().max().item())
+            torch.testing.assert_close(a.double().cpu(), e, atol=TOL[dtype] * 4 * scale, rtol=TOL[dtype] * 4,
+                                       msg=f"grad {name}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torchvision
 from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 _CHANNELS = {18: (64, 128, 256, 512), 34: (64, 128, 256, 512), 50: (256, 512, 1024, 2048),
              101: (256, 512, 1024, 2048)}
@@ -16,11 +17,11 @@ _CHANNELS = {18: (64, 128, 256, 512), 34: (64, 128, 256, 512), 50: (256, 512, 10
 class ResNetBackbone(nn.Module):
     """Returns the feature maps C2..C5 (strides 4, 8, 16, 32) named by ``return_levels``."""
 
-    def __init__(self, depth: int = 18, weights: str | None = None, return_levels=(3, 4, 5)):
+    def __init__(self, depth: int = 18, weights: str | None = None, return_levels=(3, 4, 5), norm: str = "bn"):
         super().__init__()
         if depth not in _CHANNELS:
             raise ValueError(f"ResNet depth must be one of {sorted(_CHANNELS)}, got {depth}")
-        net = getattr(torchvision.models, f"resnet{depth}")(weights=None)
+        net = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=_norm_layer(norm))
         if weights:
             load_weights(net, weights)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
@@ -38,6 +39,19 @@ class ResNetBackbone(nn.Module):
             if lvl >= max(self.return_levels):
                 break
         return outs
+
+
+def _norm_layer(norm: str):
+    """"bn": BatchNorm (train from scratch); "frozen": BatchNorm with fixed statistics and affine (for
+    loaded weights and small batches, and batch-size independent: DDP shards give the full batch's
+    gradient); "gn": GroupNorm(32)."""
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "frozen":
+        return FrozenBatchNorm2d
+    if norm == "gn":
+        return lambda c: nn.GroupNorm(32, c)
+    raise ValueError(f"backbone norm must be 'bn', 'frozen' or 'gn', got {norm!r}")
 
 
 def load_weights(net: nn.Module, path: str):

@@ -32,13 +32,13 @@ def _xyxy_to_cxcywh(b):
 
 
 class _Base(nn.Module):
-    def __init__(self, num_classes, depth, weights, slots, extra_class):
+    def __init__(self, num_classes, depth, weights, slots, extra_class, backbone_norm="bn"):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes, self.slots = num_classes, slots
         self.normalize = Normalize()
-        self.backbone = ResNetBackbone(depth, weights, return_levels=(5,))
+        self.backbone = ResNetBackbone(depth, weights, return_levels=(5,), norm=backbone_norm)
         c = self.backbone.out_channels[-1]
         self.cls = nn.Linear(c, slots * (num_classes + extra_class))
         self.box = nn.Linear(c, slots * 4)
@@ -59,8 +59,9 @@ class _Base(nn.Module):
 
 
 class BoxRegression(_Base):
-    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, box_weight: float = 5.0):
-        super().__init__(num_classes, depth, weights, 1, 0)
+    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, backbone_norm: str = "bn",
+                 box_weight: float = 5.0):
+        super().__init__(num_classes, depth, weights, 1, 0, backbone_norm)
         self.box_weight = box_weight
 
     def forward(self, images, targets=None):
@@ -93,9 +94,10 @@ class BoxRegression(_Base):
 
 
 class MultiBoxRegression(_Base):
-    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, num_slots: int = 4,
+    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, backbone_norm: str = "bn",
+                 num_slots: int = 4,
                  box_weight: float = 5.0, score_thresh: float = 0.05):
-        super().__init__(num_classes, depth, weights, num_slots, 1)
+        super().__init__(num_classes, depth, weights, num_slots, 1, backbone_norm)
         self.box_weight, self.score_thresh = box_weight, score_thresh
 
     def forward(self, images, targets=None):

@@ -56,7 +56,8 @@ class _Head(nn.Module):
 
 
 class RetinaNet(nn.Module):
-    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, fpn_channels: int = 256,
+    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, backbone_norm: str = "bn",
+                 fpn_channels: int = 256,
                  head_convs: int = 4, head_norm: str | None = "gn", anchor_sizes=(32, 64, 128, 256, 512),
                  scales=(1.0, 2 ** (1 / 3), 2 ** (2 / 3)), aspect_ratios=(0.5, 1.0, 2.0), fg_iou: float = 0.5,
                  bg_iou: float = 0.4, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
@@ -67,7 +68,7 @@ class RetinaNet(nn.Module):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.normalize = Normalize()
-        self.backbone = ResNetBackbone(depth, weights, return_levels=(3, 4, 5))
+        self.backbone = ResNetBackbone(depth, weights, return_levels=(3, 4, 5), norm=backbone_norm)
         self.fpn = FeaturePyramidNetwork(self.backbone.out_channels, fpn_channels, extra="p6p7")
         sizes = tuple(tuple(s * k for k in scales) for s in anchor_sizes)
         self.anchor_generator = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))

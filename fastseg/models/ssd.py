@@ -49,7 +49,7 @@ def default_boxes(feature_sizes, image_size, min_scale, max_scale, aspect_ratios
 
 
 class SSD(nn.Module):
-    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None,
+    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, backbone_norm: str = "bn",
                  extra_channels=(256, 256, 128), min_scale: float = 0.2, max_scale: float = 0.9,
                  aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)), fg_iou: float = 0.5,
                  neg_pos_ratio: float = 3.0, score_thresh: float = 0.01, nms_thresh: float = 0.45,
@@ -62,7 +62,7 @@ class SSD(nn.Module):
             raise ValueError(f"aspect_ratios needs one entry per feature map ({n_maps}), got {len(aspect_ratios)}")
         self.num_classes = num_classes
         self.normalize = Normalize()
-        self.backbone = ResNetBackbone(depth, weights, return_levels=(3, 4, 5))
+        self.backbone = ResNetBackbone(depth, weights, return_levels=(3, 4, 5), norm=backbone_norm)
         chans = list(self.backbone.out_channels)
         self.extras = nn.ModuleList()
         cin = chans[-1]

@@ -36,7 +36,8 @@ def _paired_iou(a, b):
 
 
 class YOLOv1(nn.Module):
-    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, grid: int = 7,
+    def __init__(self, num_classes: int, depth: int = 18, weights: str | None = None, backbone_norm: str = "bn",
+                 grid: int = 7,
                  boxes_per_cell: int = 2, hidden: int = 1024, lambda_coord: float = 5.0, lambda_noobj: float = 0.5,
                  score_thresh: float = 0.05, nms_thresh: float = 0.5, detections_per_img: int = 100):
         super().__init__()
@@ -46,7 +47,7 @@ class YOLOv1(nn.Module):
         self.lambda_coord, self.lambda_noobj = lambda_coord, lambda_noobj
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.normalize = Normalize()
-        self.backbone = ResNetBackbone(depth, weights, return_levels=(5,))
+        self.backbone = ResNetBackbone(depth, weights, return_levels=(5,), norm=backbone_norm)
         c = self.backbone.out_channels[-1]
         self.conv = nn.Sequential(nn.Conv2d(c, 256, 3, padding=1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.1, True),
                                   nn.AdaptiveAvgPool2d(grid))

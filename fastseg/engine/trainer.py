@@ -265,8 +265,11 @@ class Trainer:
                 f"loss is {loss_value} at step {self.step}: training stopped; {where}. "
                 "Try a lower --lr, gradient clipping, or --amp bf16 instead of fp16.")
 
-    def fit(self) -> dict:
+    def fit(self, until: int | None = None) -> dict:
+        """Train to ``total_steps`` (or only up to step ``until``, checkpointing there: an interruption
+        that leaves the schedule untouched). Returns the final step, time, last losses and evaluation."""
         cfg = self.cfg
+        stop = self.total_steps if until is None else min(until, self.total_steps)
         progress = _Progress(self.total_steps, self.step, cfg.progress and self.rank == 0)
         sampler = self.loader.sampler
         start = time.time()
@@ -274,7 +277,7 @@ class Trainer:
         last = {}
         eval_result = None
         try:
-            while self.step < self.total_steps:
+            while self.step < stop:
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
                 sampler.set_epoch(epoch)
                 sampler.set_start(pos * cfg.batch_size)
@@ -282,7 +285,7 @@ class Trainer:
                     images, targets = self._to_device(images, targets)
                     losses = self.train_step(images, targets)
                     imgs_since += images.shape[0] * self.world
-                    done = self.step >= self.total_steps
+                    done = self.step >= stop
                     out_of_time = cfg.time_limit is not None and time.time() - start >= cfg.time_limit
                     saving = self.out_dir is not None and (self.step % cfg.ckpt_every == 0 or done or out_of_time)
                     if self.step % cfg.log_every == 0 or done or saving or out_of_time:
@@ -309,5 +312,6 @@ class Trainer:
                 break
         finally:
             progress.close()
-        eval_result = self.run_eval()
+        if self.step >= self.total_steps:
+            eval_result = self.run_eval()
         return {"step": self.step, "train_time_s": time.time() - start, "last": last, "eval": eval_result}

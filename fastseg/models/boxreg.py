@@ -123,5 +123,7 @@ class MultiBoxRegression(_Base):
             b = _cxcywh_to_xyxy(boxes[i].float()) * torch.tensor([w, h, w, h], device=x.device)
             b = torch.stack([b[:, 0].clamp(0, w), b[:, 1].clamp(0, h), b[:, 2].clamp(0, w), b[:, 3].clamp(0, h)], -1)
             keep = score[i] > self.score_thresh
+            keep = keep.nonzero()[:, 0]
+            keep = keep[score[i][keep].argsort(descending=True)]  # best first, like the NMS-based models
             out.append({"boxes": b[keep], "scores": score[i][keep], "labels": lab[i][keep] + 1})
         return out

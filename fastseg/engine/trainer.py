@@ -276,6 +276,7 @@ class Trainer:
         t_last, imgs_since = time.time(), 0
         last = {}
         eval_result = None
+        out_of_time = False
         try:
             while self.step < stop:
                 epoch, pos = divmod(self.step, self.steps_per_epoch)
@@ -312,6 +313,7 @@ class Trainer:
                 break
         finally:
             progress.close()
-        if self.step >= self.total_steps:
+        train_time = time.time() - start  # training only: the evaluation below is not counted
+        if self.step >= self.total_steps or out_of_time:  # not after an interruption by `until`
             eval_result = self.run_eval()
-        return {"step": self.step, "train_time_s": time.time() - start, "last": last, "eval": eval_result}
+        return {"step": self.step, "train_time_s": train_time, "last": last, "eval": eval_result}

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastseg.models._common import check_targets, clip_boxes, nms_postprocess, prepare_images
-from fastseg.models._ops import box_iou  # noqa: F401  (paired IoU below is elementwise; box_iou is all-pairs)
 from fastseg.models.backbone import ResNetBackbone
 from fastseg.nn.layers import Normalize
 

@@ -182,11 +182,19 @@ def test_short_training_lowers_the_loss(tmp_path):
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
 
 
-def test_bf16_autocast_and_channels_last_step(tmp_path):
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_step(tmp_path, amp):
     ds = ShapesDataset(4, 32, seed=0)
-    tr = Trainer(_tiny_model(), ds, _cfg(tmp_path, iters=1, amp="bf16", channels_last=True, ema_decay=0))
+    tr = Trainer(_tiny_model(), ds, _cfg(tmp_path, iters=1, amp=amp, channels_last=True, ema_decay=0))
+    before = [p.detach().clone() for p in tr.model.parameters()]
     res = tr.fit()
     assert res["step"] == 1 and torch.isfinite(torch.tensor(res["last"]["loss"]))
+    assert tr.scaler.is_enabled() == (amp == "fp16")
+    changed = any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+    # fp16: GradScaler skips a step whose scaled gradients overflow, and lowers the scale instead
+    assert changed or (amp == "fp16" and tr.scaler.get_scale() < 65536.0)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["scaler"] == tr.scaler.state_dict()
     with pytest.raises(ValueError, match="amp"):
         Trainer(_tiny_model(), ds, _cfg(tmp_path, amp="fp8"))
 

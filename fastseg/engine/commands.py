@@ -131,13 +131,18 @@ def cmd_train(args) -> int:
     if resume:
         trainer.load(resume)
         print(f"resumed from {resume} at step {trainer.step}", file=sys.stderr)
-    print(f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on {device} "
-          f"for {trainer.total_steps} steps of {args.batch_size} images; output in {out}", file=sys.stderr)
+    if trainer.rank == 0:
+        print(f"training {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters) on "
+              f"{trainer.device} for {trainer.total_steps} steps of {args.batch_size} images x {trainer.world} "
+              f"processes; output in {out}", file=sys.stderr)
     try:
         res = trainer.fit()
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     if trainer.rank == 0:
         print(f"trained {res['step']} steps in {res['train_time_s']:.0f} s; checkpoint {Path(out) / 'last.pt'}")
         if res["eval"] is not None:

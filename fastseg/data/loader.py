@@ -77,6 +77,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, num_wor
     kw = {}
     if num_workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=4)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False if sampler is not None else False,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
                       drop_last=drop_last, **kw)

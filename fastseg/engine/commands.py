@@ -98,8 +98,8 @@ def cmd_train(args) -> int:
     if val_spec is None and args.data.startswith("shapes"):
         # held-out images: another seed of the generator, never seen in training
         val_spec, val_seed = "shapes:200", args.seed + 10_000
-    val_set = _build_val(val_spec, args.val_images or (args.images if val_spec and val_spec.startswith("coco:") else None),
-                         args.img_size, val_seed)
+    val_images = args.val_images or (args.images if val_spec and val_spec.startswith("coco:") else None)
+    val_set = _build_val(val_spec, val_images, args.img_size, val_seed)
     num_classes = train_set.num_classes
     kw = default_model_kwargs(args.model, args.img_size, device)
     if args.depth:
@@ -122,6 +122,7 @@ def cmd_train(args) -> int:
                       time_limit=args.time_limit * 60 if args.time_limit else None, progress=not args.no_progress)
     meta = {"model": args.model, "model_kwargs": kw, "num_classes": num_classes, "img_size": args.img_size,
             "classes": list(getattr(train_set, "classes", [])), "val_data": val_spec, "val_seed": val_seed,
+            "val_images": val_images,
             "data": args.data}
     trainer = Trainer(model, train_set, cfg, val_set=val_set, meta=meta,
                       evaluate_fn=_eval_fn(args.batch_size, device))
@@ -182,12 +183,13 @@ def cmd_eval(args) -> int:
     device = _device(args.device)
     model, meta = load_model(args.checkpoint, device)
     img_size = args.img_size or meta.get("img_size", 128)
-    spec, seed = args.data, meta.get("val_seed", 0)
-    if spec is None:
+    spec, seed, images = args.data, meta.get("val_seed", 0), args.images
+    if spec is None:  # the run's own validation set
         spec = meta.get("val_data") or "shapes:200"
+        images = images or meta.get("val_images")
     elif spec.startswith("shapes") and args.seed is not None:
         seed = args.seed
-    ds = build_dataset(spec, img_size=img_size, seed=seed, images_dir=args.images, train=False)
+    ds = build_dataset(spec, img_size=img_size, seed=seed, images_dir=images, train=False)
     t = time.time()
     res = evaluate(model, ds, device=device, batch_size=args.batch_size, num_classes=meta.get("num_classes"))
     print(f"evaluated {len(ds)} images of {spec} in {time.time() - t:.1f} s")

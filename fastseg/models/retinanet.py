@@ -120,7 +120,8 @@ class RetinaNet(nn.Module):
             onehot = torch.zeros((a, k), device=anchors.device, dtype=torch.float32)
             if gt.shape[0]:
                 # labels are 1..C; a foreground anchor's one-hot row, all zero for background
-                onehot = F.one_hot((labels[idx] - 1).clamp(0, k - 1), k).float() * fg[:, None]
+                # scatter, not F.one_hot: one_hot validates its input with a host sync on some devices
+                onehot.scatter_(1, (labels[idx] - 1).clamp(0, k - 1)[:, None], fg[:, None].float())
                 box_t.append(encode_boxes(self.box_coder, gt[idx].float(), anchors.float()))
             else:
                 box_t.append(torch.zeros((a, 4), device=anchors.device))

@@ -17,7 +17,6 @@ Detections: class-specific confidence (confidence x class probability), threshol
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fastseg.models._common import check_targets, clip_boxes, nms_postprocess, prepare_images
@@ -95,7 +94,9 @@ class YOLOv1(nn.Module):
             # one object per cell (the paper's limit): with several, the last written wins
             obj[i].index_put_((cell,), torch.ones_like(cx))
             tbox[i].index_put_((cell,), vals)
-            tcls[i].index_put_((cell,), F.one_hot(t["labels"].to(device) - 1, C).float())
+            onehot = torch.zeros((b.shape[0], C), device=device).scatter_(
+                1, (t["labels"].to(device) - 1).clamp(0, C - 1)[:, None], 1.0)
+            tcls[i].index_put_((cell,), onehot)
         return obj.view(n, S, S), tbox.view(n, S, S, 4), tcls.view(n, S, S, C)
 
     def loss(self, box, cls, targets, size):
@@ -105,7 +106,7 @@ class YOLOv1(nn.Module):
         tgt_xyxy = self._to_xyxy(tbox[..., None, :].expand_as(box[..., :4]), size)
         iou = _paired_iou(pred_xyxy, tgt_xyxy)                     # [N,S,S,B]
         best = iou.argmax(-1)
-        resp = F.one_hot(best, self.B).float() * obj[..., None]    # responsible predictor of each object
+        resp = torch.zeros_like(iou).scatter_(-1, best[..., None], 1.0) * obj[..., None]  # responsible predictor
         t = tbox[..., None, :]
         coord = ((box[..., 0] - t[..., 0]) ** 2 + (box[..., 1] - t[..., 1]) ** 2
                  + (box[..., 2].clamp(min=1e-9).sqrt() - t[..., 2].sqrt()) ** 2

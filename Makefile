@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
-DEV_DEPS := pytest hypothesis pytest-benchmark numpy ninja matplotlib
+DEV_DEPS := pytest hypothesis pytest-benchmark numpy ninja matplotlib pycocotools
 export MAX_JOBS ?= 2
 
 .PHONY: setup build test bench bench-pytest info gpu-check clean

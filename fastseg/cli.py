@@ -11,6 +11,9 @@ def main(argv=None) -> int:
     from fastseg.bench import add_arguments
 
     add_arguments(bench)
+    from fastseg.engine.commands import add_subcommands
+
+    add_subcommands(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         from fastseg.info import format_info
@@ -21,6 +24,8 @@ def main(argv=None) -> int:
         from fastseg.bench import run
 
         return run(args)
+    if hasattr(args, "func"):
+        return args.func(args)
     return 2
 
 

@@ -3,3 +3,4 @@ from fastseg.nn import init
 from fastseg.nn.conv import ConvTranspose2d
 
 __all__ = ["ConvTranspose2d", "init"]
+from fastseg.nn.layers import ConvNormAct, FeaturePyramidNetwork, Normalize  # noqa: F401

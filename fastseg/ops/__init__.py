@@ -1,23 +1,23 @@
 """fastseg's operators: drop-in replacements for ``torchvision.ops`` (same signatures, same results)."""
+from fastseg.ops.anchors import AnchorGenerator, anchors_for, grid_anchors
+from fastseg.ops.box_coder import BoxCoder, box_decode, box_encode
+from fastseg.ops.boxes import (
+    box_area, box_convert, box_iou, clip_boxes_to_image, complete_box_iou, distance_box_iou,
+    generalized_box_iou, remove_small_boxes)
 from fastseg.ops.conv_transpose2d import conv_transpose2d
 from fastseg.ops.nms import batched_nms, nms
 from fastseg.ops.poolers import MultiScaleRoIAlign
 from fastseg.ops.roi_align import RoIAlign, roi_align
 from fastseg.ops.roi_pool import RoIPool, roi_pool
-
-__all__ = ["nms", "batched_nms", "roi_align", "RoIAlign", "MultiScaleRoIAlign", "roi_pool", "RoIPool"]
 from fastseg.ops.sigmoid_focal_loss import sigmoid_focal_loss, sigmoid_focal_loss_with_labels
 from fastseg.ops.soft_nms import batched_soft_nms, soft_nms
-__all__ = ["nms", "batched_nms", "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels", "soft_nms",
-           "batched_soft_nms"]
-__all__ = ["nms", "batched_nms"]
-from fastseg.ops.anchors import AnchorGenerator, anchors_for, grid_anchors  # noqa: E402
-from fastseg.ops.box_coder import BoxCoder, box_decode, box_encode  # noqa: E402
-from fastseg.ops.boxes import (  # noqa: E402
-    box_area, box_convert, box_iou, clip_boxes_to_image, complete_box_iou, distance_box_iou,
-    generalized_box_iou, remove_small_boxes)
 
-__all__ += ["AnchorGenerator", "grid_anchors", "anchors_for", "BoxCoder", "box_decode", "box_encode", "box_iou",
-            "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_area", "clip_boxes_to_image",
-            "remove_small_boxes", "box_convert"]
-__all__ = ["nms", "batched_nms", "conv_transpose2d"]
+__all__ = [
+    "nms", "batched_nms", "soft_nms", "batched_soft_nms",
+    "roi_align", "RoIAlign", "roi_pool", "RoIPool", "MultiScaleRoIAlign",
+    "AnchorGenerator", "grid_anchors", "anchors_for", "BoxCoder", "box_decode", "box_encode",
+    "box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_area",
+    "clip_boxes_to_image", "remove_small_boxes", "box_convert",
+    "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels",
+    "conv_transpose2d",
+]

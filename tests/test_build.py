@@ -6,9 +6,10 @@ import shutil
 import pytest
 import torch
 
-from fastseg import _extension
+from fastseg import _extension, backend
 
-OPS = ["nms", "batched_nms"]
+# Every public op with a native implementation has a C++ schema fastseg::<op> of the same name.
+OPS = sorted(op for op, impls in backend.OPS.items() if "native" in impls)
 
 
 def has_kernel(op, key):
@@ -17,6 +18,10 @@ def has_kernel(op, key):
 
 def test_extension_loaded():
     assert _extension.loaded(), _extension.error
+
+
+def test_every_op_family_is_registered():
+    assert {"nms", "batched_nms"} <= set(OPS) and len(OPS) >= 2
 
 
 @pytest.mark.parametrize("op", OPS)

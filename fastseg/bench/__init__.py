@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG: speed-ups, and time against problem size")
     p.add_argument("--compare", default=None, metavar="OLD.json",
                    help="compare with an earlier --json run; exit status 1 if something regressed beyond noise")
+    p.add_argument("--models", action="store_true",
+                   help="instead of the ops: training-step throughput of the bundled models against torchvision's")
     p.add_argument("--update-auto", action="store_true",
                    help="record the fastest measured backend per op and device as auto's choice (needs --backends all)")
 
@@ -79,13 +81,18 @@ def run(args) -> int:
         with open(args.compare) as f:
             old = json.load(f)["results"]
     devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    jobs = [(case, name) for op in ops for d in devices for case in available[op](d, args.quick)
-            for name in backends_for(case, args.backends, args.quick)]
+    if args.models:
+        from fastseg.bench._models import MODEL_CASES, run_model_case
+
+        jobs = [(MODEL_CASES[m](d, args.quick), None) for m in MODEL_CASES for d in devices]
+    else:
+        jobs = [(case, name) for op in ops for d in devices for case in available[op](d, args.quick)
+                for name in backends_for(case, args.backends, args.quick)]
     progress = Progress(len(jobs))
     records = []
     for case, name in jobs:
-        progress.step(f"{case.op} {case.shape} {str(case.dtype).replace('torch.', '')} {case.device} {name}")
-        records.append(run_case(case, name, args.quick))
+        progress.step(f"{case.op} {case.shape} {str(case.dtype).replace('torch.', '')} {case.device} {name or ''}")
+        records.append(run_model_case(case, args.quick) if args.models else run_case(case, name, args.quick))
     progress.close()
     if args.update_auto:
         choices = backend.update_auto_table(records)

@@ -187,20 +187,21 @@ def test_zero_channels_and_one_pixel_map(backend_name, device):
 @pytest.mark.parametrize("aligned", [False, True])
 def test_gradcheck(backend_name, device, aligned):
     require_backend(backend_name, device)
-    x = make_input((2, 2, 6, 7), 80, torch.float64, device).requires_grad_()
-    rois = make_rois(5, 80, extent=6.0, max_side=6.0, dtype=torch.float64, device=device)
+    # small for the interpreter: gradcheck runs the op twice per input element
+    shape, k = ((2, 2, 6, 7), 5) if backend_name == "native" else ((2, 1, 4, 5), 3)
+    x = make_input(shape, 80, torch.float64, device).requires_grad_()
+    rois = make_rois(k, 80, extent=6.0, max_side=6.0, dtype=torch.float64, device=device)
 
     def f(x):
         return call(backend_name, fastseg.ops.roi_align, x, rois, (2, 3), 1.0, 2, aligned)
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7)
-    if backend_name != "torch":
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-            torch.use_deterministic_algorithms(True)
-            try:
-                assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7)
-            finally:
-                torch.use_deterministic_algorithms(False)
+    if backend_name == "native" or device == "cuda":  # the deterministic kernels (interpreter: too slow)
+        torch.use_deterministic_algorithms(True)
+        try:
+            assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7)
+        finally:
+            torch.use_deterministic_algorithms(False)
 
 
 # -- pool_mode="max" ------------------------------------------------------------------------------

@@ -102,10 +102,11 @@ def test_import_without_extension_warns_once_and_falls_back():
 def test_info_describes_the_install():
     d = fastseg.info()
     assert d["extension"]["loaded"] is True
-    assert d["extension"]["cpu_kernels"] == {"nms": True, "batched_nms": True}
+    assert all(d["extension"]["cpu_kernels"].values())  # every registered op (nms, roi_align, ...)
+    assert {"nms", "batched_nms"} <= set(d["extension"]["cpu_kernels"])
     assert d["triton"]["version"]
     assert d["backends"]["cpu"]["native"] == "available"
-    assert d["auto"]["cpu"] == {"nms": "native", "batched_nms": "native"}
+    assert set(d["auto"]["cpu"].values()) == {"native"}
     json.dumps(d)  # plain data
 
 

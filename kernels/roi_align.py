@@ -436,7 +436,9 @@ def _backward(grad, features, rois, levels, scales, ph, pw, sampling_ratio, alig
         a = acc[start:start + f.numel()].view(N, H, W, C).permute(0, 3, 1, 2)
         start += f.numel()
         cl = f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous()
-        grads.append(a.to(f.dtype) if cl else a.to(f.dtype).contiguous())
+        # a copy: the levels share one accumulator, and outputs may not alias each other
+        grads.append(a.to(dtype=f.dtype, copy=True,
+                          memory_format=torch.channels_last if cl else torch.contiguous_format))
     return grads
 
 

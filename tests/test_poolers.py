@@ -106,13 +106,15 @@ def test_empty_boxes(backend_name, device):
 
 def test_gradcheck_multi_level(backend_name, device):
     require_backend(backend_name, device)
+    sizes = [(8, 10), (4, 5), (2, 3)] if backend_name == "native" else [(4, 5), (2, 3)]
     feats = OrderedDict((k, v.requires_grad_()) for k, v in pyramid(7, device, torch.float64, channels=2,
-                                                                       sizes=[(8, 10), (4, 5), (2, 3)]).items())
-    boxes = boxes_for(7, [4, 3], device, torch.float64)
+                                                                       sizes=sizes, batch=2 if backend_name == "native" else 1).items())
+    boxes = boxes_for(7, [4, 3] if backend_name == "native" else [3], device, torch.float64)
     module = fastseg.ops.MultiScaleRoIAlign(list(feats), 2, 2)
+    shapes = [(4 * sizes[0][0], 4 * sizes[0][1])] * len(boxes)
 
     def f(*maps):
-        return call(backend_name, run, module, OrderedDict(zip(feats, maps)), boxes, [(32, 40), (32, 40)])
+        return call(backend_name, run, module, OrderedDict(zip(feats, maps)), boxes, shapes)
 
     assert torch.autograd.gradcheck(f, tuple(feats.values()), eps=1e-6, atol=1e-7)
 

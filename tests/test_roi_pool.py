@@ -82,7 +82,9 @@ def test_rounding_is_half_away_from_zero(backend_name):
 def test_gradcheck(backend_name, device):
     require_backend(backend_name, device)
     # distinct values: the argmax is stable under the finite-difference step
-    x = (torch.randperm(2 * 2 * 6 * 7, generator=torch.Generator().manual_seed(7)).double().reshape(2, 2, 6, 7)
+    shape = (2, 2, 6, 7) if backend_name == "native" else (2, 1, 4, 5)
+    numel = shape[0] * shape[1] * shape[2] * shape[3]
+    x = (torch.randperm(numel, generator=torch.Generator().manual_seed(7)).double().reshape(shape)
          / 10).to(device).requires_grad_()
     rois = make_rois(5, 7, extent=6.0, max_side=6.0, dtype=torch.float64, device=device)
     assert torch.autograd.gradcheck(lambda x: call(backend_name, fastseg.ops.roi_pool, x, rois, (2, 3), 1.0), (x,))

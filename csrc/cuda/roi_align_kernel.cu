@@ -397,8 +397,12 @@ std::vector<at::Tensor> backward_cuda(const char* op, const at::Tensor& grad,
   for (const auto& f : features) {
     at::Tensor a = acc.narrow(0, start, f.numel()).view({f.size(0), f.size(2), f.size(3), C}).permute({0, 3, 1, 2});
     start += f.numel();
-    a = a.to(f.scalar_type());
-    out.push_back(is_channels_last(f) ? a.contiguous(at::MemoryFormat::ChannelsLast) : a.contiguous());
+    // A copy: the levels share one accumulator, and the outputs may not alias each other.
+    at::Tensor o = at::empty(f.sizes(), f.options().memory_format(
+                                            is_channels_last(f) ? at::MemoryFormat::ChannelsLast
+                                                                : at::MemoryFormat::Contiguous));
+    o.copy_(a);
+    out.push_back(o);
   }
   return out;
 }

@@ -1,12 +1,12 @@
-"""RoI operator cases of the benchmark suite (roi_align, MultiScaleRoIAlign): fastseg vs torchvision.
+"""RoI operator cases of the benchmark suite (roi_align, MultiScaleRoIAlign, roi_pool): fastseg vs
+torchvision, forward and forward+backward.
 
-Sizes are Mask R-CNN's box head: 2 images of about 800x1088 with a 256-channel FPN of 4 levels
-(200x272, 100x136, 50x68, 25x34, strides 4..32), 1,000 boxes, 7x7 output, sampling ratio 2. The
-boxes are random boxes of that image with log-uniform sides from 16 to 512 pixels (the range that
-torchvision's level mapper spreads over all four levels); the single-level roi_align cases pool every
-box from the level torchvision's LevelMapper assigns it, as a detector's per-level call does, merged
-into one call on the finest map... no: on the level-2 map (200x272) with scale 1/4, the costliest
-level and the one that receives torchvision's small boxes.
+Sizes are Mask R-CNN's box head: 2 images of 800x1088 with a 256-channel FPN of 4 levels (200x272,
+100x136, 50x68, 25x34, strides 4..32), 1,000 boxes, 7x7 output, sampling ratio 2. The boxes are random
+boxes of that image with log-uniform sides from 16 to 512 pixels (a range that torchvision's
+LevelMapper spreads over all four levels). The MultiScaleRoIAlign cases map them to levels with the
+LevelMapper (inside the module, as in a detector); the single-level roi_align / roi_pool cases pool
+every box from the 200x272 map at scale 1/4, the costliest level.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import fastseg
 from fastseg.bench import Case
 from fastseg.ops.poolers import MULTI_LEVEL_ROI_ALIGN_IMPLS
 from fastseg.ops.roi_align import ROI_ALIGN_IMPLS
+from fastseg.ops.roi_pool import ROI_POOL_IMPLS
 
 IMAGE = (800, 1088)
 LEVELS = [(200, 272), (100, 136), (50, 68), (25, 34)]
@@ -104,6 +105,24 @@ def cases(device: str, quick: bool) -> list[Case]:
                 "roi_align", f"fwd+bwd 2x256x200x272, {n} boxes, 7x7, sr 2{tag}", n, dtype, device, bwd_make,
                 bwd(fastseg.ops.roi_align), bwd(torchvision.ops.roi_align), "torchvision", _grads_close(tol),
                 ROI_ALIGN_IMPLS))
+
+        def pool_make(seed, dtype=dtype):
+            x, rois, grad = _roi_align_inputs(seed, device, dtype, n, requires_grad=True)
+            return x, rois, grad
+
+        def pool_bwd(fn):
+            def run(x, rois, grad):
+                return torch.autograd.grad(fn(x, rois, 7, 0.25), x, grad)
+            return run
+
+        out.append(Case(
+            "roi_pool", f"fwd 2x256x200x272, {n} boxes, 7x7", n, dtype, device, pool_make,
+            lambda x, r, g: fastseg.ops.roi_pool(x, r, 7, 0.25), lambda x, r, g: torchvision.ops.roi_pool(x, r, 7, 0.25),
+            "torchvision", _close(0.0), ROI_POOL_IMPLS))
+        out.append(Case(
+            "roi_pool", f"fwd+bwd 2x256x200x272, {n} boxes, 7x7", n, dtype, device, pool_make,
+            pool_bwd(fastseg.ops.roi_pool), pool_bwd(torchvision.ops.roi_pool), "torchvision", _grads_close(tol),
+            ROI_POOL_IMPLS))
 
         def ms_make(seed, dtype=dtype):
             feats = {k: v.requires_grad_() for k, v in pyramid(seed, device, dtype).items()}

@@ -92,9 +92,15 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor |
         n = int(r[k, 0].item())  # truncation, as torchvision's int cast
         out.append(roi_align_single(features[lv][n].to(ct), r[k], scales[lv], pooled_height, pooled_width,
                                     sampling_ratio, aligned, max_mode))
-    if not out:
-        return f0.new_zeros(0, f0.shape[1], pooled_height, pooled_width)
-    return torch.stack(out).to(f0.dtype)
+    res = torch.stack(out) if out else f0.new_zeros(0, f0.shape[1], pooled_height, pooled_width, dtype=ct)
+    return (res + connect(features)).to(f0.dtype)
+
+
+def connect(tensors: list[Tensor]) -> Tensor:
+    """An exact 0 that depends on every tensor (a sum over none of its elements), so that a map no RoI
+    reads still gets a gradient of zeros, as from torchvision, rather than None."""
+    return torch.stack([t.flatten()[:0].sum().to(torch.float64) for t in tensors]).sum().to(
+        compute_dtype(tensors[0].dtype))
 
 
 def roi_align(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from fastseg.reference.roi_align import compute_dtype
+from fastseg.reference.roi_align import compute_dtype, connect
 
 
 def round_half_away(v: Tensor) -> int:
@@ -59,6 +59,5 @@ def roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: i
             # torchvision starts from -FLT_MAX: a bin of -inf values pools to -FLT_MAX
             vals.append(torch.clamp(region.amax(dim=1), min=-torch.finfo(torch.float32).max))
         out.append(torch.stack(vals, 1).reshape(C, pooled_height, pooled_width))
-    if not out:
-        return input.new_zeros(0, C, pooled_height, pooled_width)
-    return torch.stack(out).to(input.dtype)
+    res = torch.stack(out) if out else input.new_zeros(0, C, pooled_height, pooled_width, dtype=ct)
+    return (res + connect([input])).to(input.dtype)

@@ -102,10 +102,11 @@ def test_import_without_extension_warns_once_and_falls_back():
 def test_info_describes_the_install():
     d = fastseg.info()
     assert d["extension"]["loaded"] is True
-    assert d["extension"]["cpu_kernels"] == {"nms": True, "batched_nms": True}
+    # other ops' branches add their own entries: check NMS's, not the whole list
+    assert {"nms": True, "batched_nms": True}.items() <= d["extension"]["cpu_kernels"].items()
     assert d["triton"]["version"]
     assert d["backends"]["cpu"]["native"] == "available"
-    assert d["auto"]["cpu"] == {"nms": "native", "batched_nms": "native"}
+    assert {"nms": "native", "batched_nms": "native"}.items() <= d["auto"]["cpu"].items()
     json.dumps(d)  # plain data
 
 

@@ -55,7 +55,7 @@ inline ConvT2dParams check_conv_transpose2d(const char* op, const at::Tensor& in
   p.kh = weight.size(2), p.kw = weight.size(3);
   p.ho = (p.h - 1) * p.sh - 2 * p.ph + p.dh * (p.kh - 1) + p.oph + 1;
   p.wo = (p.w - 1) * p.sw - 2 * p.pw + p.dw * (p.kw - 1) + p.opw + 1;
-  TORCH_CHECK(p.ho > 0 && p.wo > 0 || p.n == 0 && p.ho >= 0 && p.wo >= 0, op,
+  TORCH_CHECK((p.ho > 0 && p.wo > 0) || (p.n == 0 && p.ho >= 0 && p.wo >= 0), op,
               ": the output size would be ", p.ho, " x ", p.wo, " for input ", input.sizes(),
               ": padding is too large");
   return p;

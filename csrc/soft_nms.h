@@ -15,6 +15,8 @@ enum SoftNmsMethod : int64_t { kSoftNmsNaive = 0, kSoftNmsLinear = 1, kSoftNmsGa
 template <typename T>
 FASTSEG_HD T soft_nms_weight(T iou, T iou_threshold, T sigma, int method) {
   if (method == kSoftNmsGaussian) {
+    // Disjoint boxes (most pairs) have IoU 0 and weight exp(-0) == 1 exactly: skip the exp.
+    if (iou == T(0)) return T(1);
 #if defined(__CUDA_ARCH__)
     return exp(-(iou * iou) / sigma);
 #else

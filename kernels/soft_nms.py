@@ -153,6 +153,12 @@ def _soft_nms_op(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor |
     s = scores.to(ct).contiguous()
     cls = idxs.to(torch.int64).contiguous() if idxs is not None else b
     params = torch.tensor([iou_threshold, sigma, score_threshold], dtype=torch.float64, device=device) if fp64 else b
+    if not fp64:
+        # The fp32 kernel compares in fp32: give it the thresholds already rounded to fp32 (as the C++
+        # kernel and the reference do), so that Triton's own scalar conversion cannot differ (a tiny
+        # threshold such as 2e-309 must become 0, not stay positive).
+        iou_threshold, sigma, score_threshold = (float(torch.tensor(v, dtype=torch.float32))
+                                                 for v in (iou_threshold, sigma, score_threshold))
     work = torch.empty(n, dtype=ct, device=device)
     alive = torch.empty(n, dtype=torch.int8, device=device)
     keep = torch.empty(n, dtype=torch.int64, device=device)

@@ -293,3 +293,14 @@ def test_torch_compile():
     kept_boxes, sc = post(boxes, scores)
     keep, esc = reference.soft_nms(boxes, scores)
     assert torch.equal(kept_boxes, boxes[keep]) and torch.allclose(sc, esc)
+
+
+def test_tiny_threshold_is_compared_in_fp32(backend_name):
+    # fp32 inputs compare in fp32: a threshold of 2e-309 rounds to 0, so IoU 0 >= it (found by hypothesis
+    # on the Triton kernel, whose scalar arguments once kept the double).
+    require_backend(backend_name, "cpu")
+    boxes = torch.tensor([[0.0, 0.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 1.0, 1.0]])
+    scores = torch.tensor([0.0, 0.0, 0.25, 0.25])
+    out = call(backend_name, fastseg.ops.soft_nms, boxes, scores, 2.225073858507203e-309, 0.5, 0.0, "naive")
+    check_same(out, reference.soft_nms(boxes, scores, 2.225073858507203e-309, 0.5, 0.0, "naive"))
+    assert out[0].tolist() == [2, 0, 1, 3]

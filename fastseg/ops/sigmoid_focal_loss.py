@@ -121,7 +121,7 @@ def sigmoid_focal_loss(inputs: Tensor, targets: Tensor, alpha: float = 0.25, gam
     Example:
         >>> x, t = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.0])
         >>> fastseg.ops.sigmoid_focal_loss(x, t, reduction="sum")
-        tensor(0.0123)
+        tensor(0.0174)
     """
     op = "sigmoid_focal_loss"
     alpha, gamma = _check_common(op, inputs, "inputs", alpha, gamma, reduction)

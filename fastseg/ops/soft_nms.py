@@ -128,7 +128,7 @@ def soft_nms(boxes: Tensor, scores: Tensor, iou_threshold: float = 0.3, sigma: f
     Example:
         >>> boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.], [20., 20., 30., 30.]])
         >>> fastseg.ops.soft_nms(boxes, torch.tensor([0.9, 0.8, 0.7]))
-        (tensor([0, 2, 1]), tensor([0.9000, 0.7000, 0.2722]))
+        (tensor([0, 2, 1]), tensor([0.9000, 0.7000, 0.3167]))
     """
     args = _check("soft_nms", boxes, scores, iou_threshold, sigma, score_threshold, method)
     _, impl = backend.select("soft_nms", boxes.device, SOFT_NMS_IMPLS)

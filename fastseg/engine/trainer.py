@@ -258,6 +258,22 @@ class Trainer:
         self._log({"step": self.step, "eval": res, "time": time.time()})
         return res
 
+    def _all_ranks_any(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _mean_over_ranks(self, losses: dict) -> dict:
+        """Losses averaged over the DDP ranks (as floats): every rank logs, and checks for NaN, the same
+        numbers, so a NaN on one rank stops all of them together instead of leaving the others hanging."""
+        vals = torch.stack([v.float() for v in losses.values()])
+        if self.world > 1:
+            dist.all_reduce(vals)
+            vals /= self.world
+        return dict(zip(losses.keys(), vals.tolist()))
+
     def _check_finite(self, loss_value: float):
         if not math.isfinite(loss_value):
             where = f"the last good checkpoint is {self.last_good}" if self.last_good else "no checkpoint was written yet"
@@ -287,12 +303,15 @@ class Trainer:
                     losses = self.train_step(images, targets)
                     imgs_since += images.shape[0] * self.world
                     done = self.step >= stop
-                    out_of_time = cfg.time_limit is not None and time.time() - start >= cfg.time_limit
+                    log_step = self.step % cfg.log_every == 0
+                    if cfg.time_limit is not None and log_step:
+                        # decided at log steps only and agreed by every rank, so no DDP rank stops alone
+                        out_of_time = self._all_ranks_any(time.time() - start >= cfg.time_limit)
                     saving = self.out_dir is not None and (self.step % cfg.ckpt_every == 0 or done or out_of_time)
-                    if self.step % cfg.log_every == 0 or done or saving or out_of_time:
+                    if log_step or done or saving or out_of_time:
                         # the only host sync of the loop: once per log interval, and always before a
                         # checkpoint so no checkpoint ever holds weights updated by a non-finite loss
-                        last = {k: float(v) for k, v in losses.items()}
+                        last = self._mean_over_ranks(losses)
                         self._check_finite(last["loss"])
                         now = time.time()
                         ips = imgs_since / max(now - t_last, 1e-9)

@@ -139,14 +139,20 @@ def auto_choice(op: str, device: torch.device | str, impls: Mapping[str, Callabl
         _forced.reset(token)
 
 
-@functools.lru_cache(maxsize=None)
-def auto_table() -> dict:
-    """{device type: {op: fastest measured backend}} from auto_backends.json."""
+def load_auto_table(path: str | None = None) -> dict:
+    """{device type: {op: fastest measured backend}} from auto_backends.json (read once, at import:
+    select() must stay traceable by torch.compile, which cannot trace a file read)."""
+    global _AUTO_TABLE
     try:
-        with open(AUTO_TABLE_PATH) as f:
-            return json.load(f)
+        with open(path or AUTO_TABLE_PATH) as f:
+            _AUTO_TABLE = json.load(f)
     except (OSError, ValueError):
-        return {}
+        _AUTO_TABLE = {}
+    return _AUTO_TABLE
+
+
+def auto_table() -> dict:
+    return _AUTO_TABLE
 
 
 def update_auto_table(records: list[dict]) -> dict:
@@ -170,5 +176,9 @@ def update_auto_table(records: list[dict]) -> dict:
     with open(AUTO_TABLE_PATH, "w") as f:
         json.dump(table, f, indent=1, sort_keys=True)
         f.write("\n")
-    auto_table.cache_clear()
+    load_auto_table()
     return choices
+
+
+_AUTO_TABLE: dict = {}
+load_auto_table()

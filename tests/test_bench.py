@@ -74,7 +74,6 @@ def test_cli_quick_json_plot_compare(tmp_path, capsys):
 
 def test_auto_follows_the_measured_table(monkeypatch, tmp_path):
     monkeypatch.setattr(backend, "AUTO_TABLE_PATH", str(tmp_path / "auto.json"))
-    backend.auto_table.cache_clear()
     try:
         records = [{"op": "nms", "shape": s, "dtype": "float32", "device": "cpu", "backend": b, "fastseg_ms": t}
                    for s, b, t in [("a", "native", 1.0), ("a", "torch", 0.5), ("b", "native", 2.0), ("b", "torch", 1.0)]]
@@ -83,4 +82,5 @@ def test_auto_follows_the_measured_table(monkeypatch, tmp_path):
         assert backend.auto_choice("nms", "cpu", NMS_IMPLS) == "torch"
         assert fastseg.info()["auto"]["cpu"]["nms"] == "torch"
     finally:
-        backend.auto_table.cache_clear()
+        monkeypatch.undo()
+        backend.load_auto_table()

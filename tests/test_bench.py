@@ -84,3 +84,13 @@ def test_auto_follows_the_measured_table(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         backend.load_auto_table()
+
+
+def test_model_records_carry_images_per_second():
+    from fastseg.bench._models import run_model_case
+
+    case = sleepy_case()
+    case.size = 2  # images per step
+    r = run_model_case(case, quick=True)
+    assert r["fastseg_images_per_s"] == pytest.approx(2 / (r["fastseg_ms"] / 1e3))
+    assert r["peer_images_per_s"] > 0 and r["speedup"] > 0

@@ -44,17 +44,18 @@ def add_train_arguments(p: argparse.ArgumentParser):
     p.add_argument("--val-images", default=None)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--iters", type=int, default=None, help="optimizer steps (default: 1500 on shapes)")
+    g.add_argument("--iters", type=int, default=None, help="optimizer steps (default: 800)")
     p.add_argument("--time-limit", type=float, default=None, help="stop training after this many minutes (checkpointed)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--img-size", type=int, default=128)
+    # defaults = the recipe measured on the 2-core CPU (benchmarks/notes/training.md)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=96)
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     p.add_argument("--out", default=None, help="output folder for checkpoints and metrics (default: runs/MODEL)")
-    p.add_argument("--lr", type=float, default=None, help="default: 2e-3 (AdamW) or 0.01 (SGD)")
+    p.add_argument("--lr", type=float, default=None, help="default: 1e-3 (AdamW) or 0.01 (SGD)")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup", type=int, default=100, help="warm-up steps")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
     p.add_argument("--milestones", default="", help="steps where the step schedule divides the LR by 10, e.g. 800,1100")
     p.add_argument("--clip-grad", type=float, default=10.0)
@@ -110,9 +111,9 @@ def cmd_train(args) -> int:
     model = build(args.model, num_classes, **kw)
     iters, epochs = args.iters, args.epochs
     if iters is None and epochs is None:
-        iters = 1500
+        iters = 800
     out = args.out or f"runs/{args.model}"
-    lr = args.lr if args.lr is not None else (2e-3 if args.optimizer == "adamw" else 0.01)
+    lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adamw" else 0.01)
     cfg = TrainConfig(iters=iters, epochs=epochs, batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
                       optimizer=args.optimizer, schedule=args.schedule, warmup_iters=args.warmup,
                       milestones=tuple(int(m) for m in args.milestones.split(",") if m.strip()), amp=args.amp,

@@ -39,7 +39,7 @@ def test_record_fields_and_speedup():
     for field in ("op", "shape", "size", "dtype", "device", "backend", "auto", "fastseg_ms", "peer_ms",
                   "speedup", "repeats", "fastseg_rel_mad", "peer_rel_mad"):
         assert field in r
-    assert r["repeats"] >= 5 and 0.5 < r["speedup"] < 2.0  # same work on both sides
+    assert r["repeats"] >= 3 and 0.5 < r["speedup"] < 2.0  # same work on both sides
 
 
 def test_compare_flags_a_deliberate_slowdown():

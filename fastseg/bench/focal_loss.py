@@ -80,11 +80,13 @@ def cases(device: str, quick: bool) -> list[Case]:
     dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
     for dtype in dtypes:
         for reduction in ["sum", "none"]:
-            out.append(Case(
-                "sigmoid_focal_loss", f"[{rows}, {CLASSES}] fwd+bwd, {reduction}", rows * CLASSES, dtype, device,
-                lambda seed, dtype=dtype, reduction=reduction: (
-                    *make_inputs(seed, rows, device=device, dtype=dtype)[:2], reduction),
-                fastseg_step, torchvision_step, "torchvision", _close_grads, SIGMOID_FOCAL_LOSS_IMPLS))
+            # the scaling view (time against the number of rows): reduction "sum", full suite only
+            for r in ([rows] if quick or reduction != "sum" else [ROWS // 16, ROWS // 4, ROWS]):
+                out.append(Case(
+                    "sigmoid_focal_loss", f"[{r}, {CLASSES}] fwd+bwd, {reduction}", r * CLASSES, dtype, device,
+                    lambda seed, dtype=dtype, reduction=reduction, r=r: (
+                        *make_inputs(seed, r, device=device, dtype=dtype)[:2], reduction),
+                    fastseg_step, torchvision_step, "torchvision", _close_grads, SIGMOID_FOCAL_LOSS_IMPLS))
 
         def make_labels(seed, dtype=dtype):
             logits, _, labels = make_inputs(seed, rows, device=device, dtype=dtype)

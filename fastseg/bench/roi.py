@@ -75,7 +75,9 @@ def cases(device: str, quick: bool) -> list[Case]:
     import torchvision
 
     out = []
-    n = 1000
+    n = 300 if quick else 1000  # 1000: the Mask R-CNN size the targets are judged at; 300 keeps --quick short
+    # the scaling view (time against the number of boxes): forward only, in the full suite
+    fwd_sizes = [n] if quick else [250, 1000, 4000]
     dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.float16]
     for dtype in dtypes:
         tol = 1e-4 if dtype == torch.float32 else 2e-2
@@ -83,15 +85,16 @@ def cases(device: str, quick: bool) -> list[Case]:
         for cl in layouts:
             tag = ", channels_last" if cl else ""
 
-            def fwd_make(seed, dtype=dtype, cl=cl):
-                x, rois, _ = _roi_align_inputs(seed, device, dtype, n, cl)
-                return x, rois
+            for boxes in fwd_sizes:
+                def fwd_make(seed, dtype=dtype, cl=cl, boxes=boxes):
+                    x, rois, _ = _roi_align_inputs(seed, device, dtype, boxes, cl)
+                    return x, rois
 
-            out.append(Case(
-                "roi_align", f"fwd 2x256x200x272, {n} boxes, 7x7, sr 2{tag}", n, dtype, device, fwd_make,
-                lambda x, r: fastseg.ops.roi_align(x, r, 7, 0.25, 2),
-                lambda x, r: torchvision.ops.roi_align(x, r, 7, 0.25, 2), "torchvision", _close(tol),
-                ROI_ALIGN_IMPLS))
+                out.append(Case(
+                    "roi_align", f"fwd 2x256x200x272, {boxes} boxes, 7x7, sr 2{tag}", boxes, dtype, device, fwd_make,
+                    lambda x, r: fastseg.ops.roi_align(x, r, 7, 0.25, 2),
+                    lambda x, r: torchvision.ops.roi_align(x, r, 7, 0.25, 2), "torchvision", _close(tol),
+                    ROI_ALIGN_IMPLS))
 
             def bwd_make(seed, dtype=dtype, cl=cl):
                 return _roi_align_inputs(seed, device, dtype, n, cl, requires_grad=True)

@@ -40,7 +40,8 @@ BATCHED_NMS_IMPLS = backend.register("batched_nms", {
 })
 
 
-def _check(op: str, boxes, scores, iou_threshold, idxs=None) -> float:
+def check_boxes_and_scores(op: str, boxes, scores, idxs=None) -> None:
+    """The tensor checks shared by every NMS-like op (nms, batched_nms, soft_nms...)."""
     def fail(msg):
         raise ValueError(f"{op}: {msg}")
 
@@ -69,6 +70,13 @@ def _check(op: str, boxes, scores, iou_threshold, idxs=None) -> float:
             fail(f"idxs must be an integer tensor, got {idxs.dtype}")
         if idxs.device != boxes.device:
             fail(f"idxs must be on the same device as boxes, got {idxs.device} and {boxes.device}")
+
+
+def _check(op: str, boxes, scores, iou_threshold, idxs=None) -> float:
+    def fail(msg):
+        raise ValueError(f"{op}: {msg}")
+
+    check_boxes_and_scores(op, boxes, scores, idxs)
     if isinstance(iou_threshold, Tensor) and iou_threshold.numel() == 1:
         iou_threshold = iou_threshold.item()
     if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, numbers.Real):

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from fastseg import _extension, backend, reference
+from fastseg.ops.nms import check_boxes_and_scores
 
 METHOD_CODES = {"naive": 0, "hard": 0, "linear": 1, "gaussian": 2}
 
@@ -68,31 +69,7 @@ def _check(op, boxes, scores, iou_threshold, sigma, score_threshold, method, idx
     def fail(msg):
         raise ValueError(f"{op}: {msg}")
 
-    if not isinstance(boxes, Tensor):
-        fail(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
-    if not isinstance(scores, Tensor):
-        fail(f"scores must be a torch.Tensor, got {type(scores).__name__}")
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        fail(f"boxes must be a 2-D tensor of shape [N, 4], got shape {list(boxes.shape)}")
-    if scores.dim() != 1:
-        fail(f"scores must be a 1-D tensor of shape [N], got shape {list(scores.shape)}")
-    if boxes.shape[0] != scores.shape[0]:
-        fail(f"boxes and scores must have the same length, got {boxes.shape[0]} boxes and {scores.shape[0]} scores")
-    if not boxes.is_floating_point():
-        fail(f"boxes must be a floating-point tensor, got {boxes.dtype}")
-    if not scores.is_floating_point():
-        fail(f"scores must be a floating-point tensor, got {scores.dtype}")
-    if boxes.device != scores.device:
-        fail(f"boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
-    if idxs is not None:
-        if not isinstance(idxs, Tensor):
-            fail(f"idxs must be a torch.Tensor, got {type(idxs).__name__}")
-        if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
-            fail(f"idxs must be a 1-D tensor with one class index per box ({boxes.shape[0]}), got shape {list(idxs.shape)}")
-        if idxs.is_floating_point() or idxs.is_complex():
-            fail(f"idxs must be an integer tensor, got {idxs.dtype}")
-        if idxs.device != boxes.device:
-            fail(f"idxs must be on the same device as boxes, got {idxs.device} and {boxes.device}")
+    check_boxes_and_scores(op, boxes, scores, idxs)
     iou_threshold = _number(op, "iou_threshold", iou_threshold)
     if iou_threshold < 0:
         fail(f"iou_threshold must be a number >= 0, got {iou_threshold}")

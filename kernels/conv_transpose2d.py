@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastseg.ops.conv_transpose2d import _memory_format, _out_shape
+from fastseg.ops.conv_transpose2d import _memory_format, _out_shape, fake_backward, make_backward, setup_context
 
 # Tile sizes: tl.dot needs >= 16 per dimension. Small on purpose: the layers of the bundled networks
 # have 21 to 1024 channels; not tuned on a GPU yet.
@@ -262,28 +262,8 @@ def _conv_transpose2d_backward(grad_output: torch.Tensor, input: torch.Tensor, w
     return grad_input, grad_weight, grad_bias
 
 
-@_conv_transpose2d_backward.register_fake
-def _(grad_output, input, weight, stride, padding, output_padding, groups, dilation):
-    return (input.new_empty(input.shape).contiguous(memory_format=_memory_format(input, weight)),
-            weight.new_empty(weight.shape), input.new_empty((weight.shape[1] * groups,)))
-
-
-def _setup_context(ctx, inputs, output):
-    input, weight, bias, stride, padding, output_padding, groups, dilation, relu = inputs
-    ctx.params = (stride, padding, output_padding, groups, dilation)
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(input, weight, output if relu else None)
-
-
-def _backward(ctx, grad):
-    input, weight, output = ctx.saved_tensors
-    if output is not None:  # fused ReLU: no gradient where the output was clamped
-        grad = torch.where(output > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
-    gi, gw, gb = _conv_transpose2d_backward(grad, input, weight, *ctx.params)
-    return gi, gw, gb if ctx.has_bias else None, None, None, None, None, None, None
-
-
-_conv_transpose2d.register_autograd(_backward, setup_context=_setup_context)
+_conv_transpose2d_backward.register_fake(fake_backward)
+_conv_transpose2d.register_autograd(make_backward(_conv_transpose2d_backward), setup_context=setup_context)
 
 
 def conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation, relu=False):

@@ -149,6 +149,31 @@ def _memory_format(input, weight):
     return cl if cl in (suggest_memory_format(input), suggest_memory_format(weight)) else torch.contiguous_format
 
 
+def fake_backward(grad_output, input, weight, stride, padding, output_padding, groups, dilation):
+    """Fake kernel of the backward ops (native and Triton): grad_input, grad_weight, grad_bias."""
+    return (input.new_empty(input.shape).contiguous(memory_format=_memory_format(input, weight)),
+            weight.new_empty(weight.shape), input.new_empty((weight.shape[1] * groups,)))
+
+
+def setup_context(ctx, inputs, output):
+    """Autograd context of the forward ops (native and Triton)."""
+    input, weight, bias, stride, padding, output_padding, groups, dilation, relu = inputs
+    ctx.params = (stride, padding, output_padding, groups, dilation)
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(input, weight, output if relu else None)
+
+
+def make_backward(backward_op):
+    """The autograd formula of a forward op whose gradients come from `backward_op`."""
+    def backward(ctx, grad):
+        input, weight, output = ctx.saved_tensors
+        if output is not None:  # fused ReLU: no gradient where the output was clamped
+            grad = torch.where(output > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        gi, gw, gb = backward_op(grad, input, weight, *ctx.params)
+        return gi, gw, gb if ctx.has_bias else None, None, None, None, None, None, None
+    return backward
+
+
 if _extension.loaded():
 
     @torch.library.register_fake("fastseg::conv_transpose2d")
@@ -157,22 +182,7 @@ if _extension.loaded():
         shape = _out_shape(input, weight, stride, padding, output_padding, groups, dilation)
         return input.new_empty(shape).contiguous(memory_format=_memory_format(input, weight))
 
-    @torch.library.register_fake("fastseg::conv_transpose2d_backward")
-    def _fake_backward(grad_output, input, weight, stride, padding, output_padding, groups, dilation):
-        return (input.new_empty(input.shape).contiguous(memory_format=_memory_format(input, weight)),
-                weight.new_empty(weight.shape), input.new_empty((weight.shape[1] * groups,)))
-
-    def _setup_context(ctx, inputs, output):
-        input, weight, bias, stride, padding, output_padding, groups, dilation, relu = inputs
-        ctx.params = (stride, padding, output_padding, groups, dilation)
-        ctx.has_bias = bias is not None
-        ctx.save_for_backward(input, weight, output if relu else None)
-
-    def _backward(ctx, grad):
-        input, weight, output = ctx.saved_tensors
-        if output is not None:  # fused ReLU: no gradient where the output was clamped
-            grad = torch.where(output > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
-        gi, gw, gb = torch.ops.fastseg.conv_transpose2d_backward(grad, input, weight, *ctx.params)
-        return gi, gw, gb if ctx.has_bias else None, None, None, None, None, None, None
-
-    torch.library.register_autograd("fastseg::conv_transpose2d", _backward, setup_context=_setup_context)
+    torch.library.register_fake("fastseg::conv_transpose2d_backward")(fake_backward)
+    torch.library.register_autograd("fastseg::conv_transpose2d",
+                                    make_backward(torch.ops.fastseg.conv_transpose2d_backward),
+                                    setup_context=setup_context)

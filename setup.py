@@ -72,7 +72,10 @@ def extensions():
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # -ffp-contract=off: an FMA would change the rounding of IoUs that must match torchvision's bits.
-    cxx = ["-O3", "-ffp-contract=off"]
+    # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in ATen's headers; without the flag
+    # every CPU kernel silently runs on one thread. libgomp.so.1 resolves to the copy torch has loaded.
+    cxx = ["-O3", "-ffp-contract=off", "-fopenmp"]
+    link = ["-fopenmp"]
     macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     depends = sorted(glob.glob("csrc/**/*.h", recursive=True))  # a header change rebuilds
@@ -87,9 +90,9 @@ def extensions():
         nvcc = ["-O3", "--fmad=false", "-lineinfo", "--expt-relaxed-constexpr"]
         return [CUDAExtension("fastseg._C", sources, define_macros=macros, depends=depends,
                               include_dirs=include_dirs + cuda_include_dirs(),
-                              extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+                              extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=link)]
     return [CppExtension("fastseg._C", sources, define_macros=macros, depends=depends, include_dirs=include_dirs,
-                         extra_compile_args={"cxx": cxx})]
+                         extra_compile_args={"cxx": cxx}, extra_link_args=link)]
 
 
 def main():

@@ -274,6 +274,24 @@ def test_native_backward_independent_of_thread_count():
     assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
 
 
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_native_nchw_and_channels_last_kernels_agree(mode, dtype):
+    """The CPU has two kernels: plane by plane for NCHW input, vectorised over channels for channels-last
+    input. Both sum in the same order, so they agree to the bit, forward and backward."""
+    x = make_input((2, 24, 17, 23), 120, dtype)
+    rois = make_rois(200, 120, extent=80, max_side=50)
+    grad = make_input((200, 24, 5, 4), 121, dtype)
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xi = x.contiguous(memory_format=fmt).requires_grad_()
+        with fastseg.use_backend("native"):
+            out = fastseg.ops.roi_align(xi, rois, (5, 4), 0.25, -1, True, pool_mode=mode)
+            results.append((out, torch.autograd.grad(out, xi, grad)[0]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
 # -- property-based -------------------------------------------------------------------------------
 
 @st.composite

@@ -168,6 +168,28 @@ def test_gradient_matches_torchvision(backend_name, device, dtype, reduction):
             close(xg.grad, xt.grad, dtype, f"{shape} alpha={alpha} gamma={gamma}")
 
 
+def test_broadcast_gradient_of_none(backend_name, device):
+    """loss.sum().backward() on reduction="none" sends a broadcast gradient (all strides 0), which the
+    backward reads as one number (the "sum" kernel): same gradient as torchvision's, and as the "sum"
+    reduction's, for both forms of the loss."""
+    require_backend(backend_name, device)
+    x, t = make((37, 9), 7, device=device)
+    logits, labels = make_labels(37, 9, 8, torch.float32, device)
+    grads = {}
+    for reduction, then_sum in [("none", True), ("sum", False)]:
+        xg, lg = x.clone().requires_grad_(), logits.clone().requires_grad_()
+        out = call(backend_name, fastseg.ops.sigmoid_focal_loss, xg, t, 0.25, 2.0, reduction)
+        out_l = call(backend_name, fastseg.ops.sigmoid_focal_loss_with_labels, lg, labels, 0.25, 2.0, 3.0, -1,
+                     reduction)
+        ((out.sum() if then_sum else out) * 2.5 + (out_l.sum() if then_sum else out_l)).backward()
+        grads[reduction] = (xg.grad, lg.grad)
+    xt = x.cpu().double().requires_grad_()
+    (tv(xt, t, 0.25, 2.0, "none").sum() * 2.5).backward()
+    close(grads["none"][0], xt.grad, torch.float32)
+    torch.testing.assert_close(grads["none"][0], grads["sum"][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads["none"][1], grads["sum"][1], rtol=1e-6, atol=1e-7)
+
+
 def test_targets_gradient(backend_name, device):
     require_backend(backend_name, device)
     x, t = make((9, 5), 3, device=device, soft=True)

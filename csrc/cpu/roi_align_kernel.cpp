@@ -22,6 +22,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -310,6 +313,19 @@ at::Tensor parallel_zeros(at::IntArrayRef shape, const at::TensorOptions& opt) {
   return z;
 }
 
+// The sizes and scales of the levels, without their data (enough to plan the RoIs).
+template <typename T>
+Levels<T> level_shapes(const std::vector<at::Tensor>& features, at::ArrayRef<double> scales) {
+  Levels<T> L;
+  for (size_t i = 0; i < features.size(); ++i) {
+    L.data.push_back(nullptr);
+    L.h.push_back(features[i].size(2));
+    L.w.push_back(features[i].size(3));
+    L.scale.push_back(static_cast<T>(scales[i]));
+  }
+  return L;
+}
+
 template <typename T>
 Levels<T> load_levels(const std::vector<at::Tensor>& features, at::ArrayRef<double> scales,
                       at::ScalarType t) {
@@ -384,6 +400,261 @@ void forward_impl(const Levels<T>& L, const std::vector<RoiPlan<T>>& plans,
   });
 }
 
+// ---- NCHW inputs: plane by plane -------------------------------------------------------------------
+// A task owns one (image, channel): it reads that channel's plane of each level (217 KB at the
+// 200x272 level: it stays in L2) and pools every RoI of the image from it. The map is then read from
+// memory once, with no layout copy, where torchvision walks RoIs outermost and re-fetches each plane's
+// rows from memory for every RoI. The backward is the same walk: a task owns a gradient plane, zeroes
+// it in cache, scatters its RoIs in index order and writes it once; no atomics, no extra memory, and
+// each element sums its terms in the same order as the channels-last kernel (bit-identical results).
+
+// RoI indices grouped by (image, level), each group in index order.
+template <typename T>
+std::vector<std::vector<int64_t>> group_rois(const std::vector<RoiPlan<T>>& plans, int64_t batch,
+                                             int64_t levels) {
+  std::vector<std::vector<int64_t>> groups(batch * levels);
+  for (int64_t k = 0; k < static_cast<int64_t>(plans.size()); ++k)
+    groups[plans[k].n * levels + plans[k].level].push_back(k);
+  return groups;
+}
+
+// The (n, c) plane of a map in compute type T: the map itself when its type is T, else converted into
+// `buf`.
+template <typename T, typename S>
+const T* plane_as(const S* src, int64_t size, std::vector<T>& buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    return src;
+  } else {
+    buf.resize(size);
+    for (int64_t i = 0; i < size; ++i) buf[i] = static_cast<T>(src[i]);
+    return buf.data();
+  }
+}
+
+// The x samples as arrays, for vector gathers: the cells and weights of each sample; a sample outside
+// the map reads cell 0 with weight 0 (a zero sample, as in torchvision's pre_calc table).
+template <typename T>
+struct XTable {
+  std::vector<int32_t> lo, hi;
+  std::vector<T> lo_w, hi_w;
+};
+
+template <typename T>
+XTable<T> x_table(const std::vector<AxisSample<T>>& xs) {
+  XTable<T> t;
+  const size_t n = xs.size();
+  t.lo.resize(n), t.hi.resize(n), t.lo_w.resize(n), t.hi_w.resize(n);
+  for (size_t s = 0; s < n; ++s) {
+    t.lo[s] = xs[s].lo, t.hi[s] = xs[s].hi;  // 0 when invalid
+    t.lo_w[s] = xs[s].valid ? xs[s].lo_w : T(0);
+    t.hi_w[s] = xs[s].valid ? xs[s].hi_w : T(0);
+  }
+  return t;
+}
+
+// The n samples of one sample row (y fixed: rows lo and hi of a plane, weights ylw and yhw), with the
+// weights and sums formed as bilinear_weights and torchvision form them:
+// v[s] = ((w1 * lo[xl] + w2 * lo[xh]) + w3 * hi[xl]) + w4 * hi[xh].
+template <typename T>
+void row_samples_scalar(const T* __restrict lo, const T* __restrict hi, const int32_t* __restrict xl,
+                        const int32_t* __restrict xh, const T* __restrict xlw, const T* __restrict xhw,
+                        T ylw, T yhw, int64_t n, T* __restrict v) {
+  for (int64_t s = 0; s < n; ++s)
+    v[s] = (ylw * xlw[s]) * lo[xl[s]] + (ylw * xhw[s]) * lo[xh[s]] + (yhw * xlw[s]) * hi[xl[s]] +
+           (yhw * xhw[s]) * hi[xh[s]];
+}
+
+template <typename T>
+void row_samples(const T* lo, const T* hi, const int32_t* xl, const int32_t* xh, const T* xlw,
+                 const T* xhw, T ylw, T yhw, int64_t n, T* v) {
+  row_samples_scalar<T>(lo, hi, xl, xh, xlw, xhw, ylw, yhw, n, v);
+}
+
+// The ph x pw outputs of RoI p on one plane (row stride W), into o. `v` and `acc` are scratch.
+template <typename T, typename O>
+void pool_plane(const T* plane, int64_t W, const RoiPlan<T>& p, const AxisSample<T>* ys,
+                const AxisSample<T>* xs, const XTable<T>& xt, int64_t ph, int64_t pw, bool max_mode,
+                std::vector<T>& v, std::vector<T>& acc, O* o) {
+  if (!max_mode) {
+    const int64_t nx = pw * p.gw;
+    v.resize(nx), acc.resize(pw);
+    for (int64_t i = 0; i < ph; ++i) {
+      std::fill(acc.begin(), acc.end(), T(0));
+      for (int32_t sy = 0; sy < p.gh; ++sy) {
+        const AxisSample<T>& Y = ys[p.y_off + i * p.gh + sy];
+        if (!Y.valid) continue;  // zero samples
+        row_samples<T>(plane + Y.lo * W, plane + Y.hi * W, xt.lo.data() + p.x_off, xt.hi.data() + p.x_off,
+                       xt.lo_w.data() + p.x_off, xt.hi_w.data() + p.x_off, Y.lo_w, Y.hi_w, nx, v.data());
+        // Each bin sums its samples row by row, x in order: torchvision's order.
+        for (int64_t j = 0; j < pw; ++j)
+          for (int32_t sx = 0; sx < p.gw; ++sx) acc[j] += v[j * p.gw + sx];
+      }
+      for (int64_t j = 0; j < pw; ++j) o[i * pw + j] = static_cast<O>(acc[j] / p.count);
+    }
+    return;
+  }
+  for (int64_t i = 0; i < ph; ++i) {
+    for (int64_t j = 0; j < pw; ++j) {
+      T best = -std::numeric_limits<T>::infinity();
+      bool sampled = false;
+      for (int32_t sy = 0; sy < p.gh; ++sy) {
+        const AxisSample<T>& Y = ys[p.y_off + i * p.gh + sy];
+        const T* lo = plane + Y.lo * W;
+        const T* hi = plane + Y.hi * W;
+        for (int32_t sx = 0; sx < p.gw; ++sx) {
+          const AxisSample<T>& X = xs[p.x_off + j * p.gw + sx];
+          sampled = true;
+          T val = T(0);  // a zero sample outside the map
+          if (Y.valid && X.valid) {
+            const Weights4<T> w = bilinear_weights(Y, X);
+            val = w.w1 * lo[X.lo] + w.w2 * lo[X.hi] + w.w3 * hi[X.lo] + w.w4 * hi[X.hi];
+          }
+          best = val > best ? val : best;
+        }
+      }
+      o[i * pw + j] = static_cast<O>(sampled ? best : T(0));
+    }
+  }
+}
+
+// The gradient of RoI p (g: its ph x pw gradient on this channel) added into one plane.
+template <typename T>
+void scatter_plane(T* acc, const T* plane, int64_t W, const RoiPlan<T>& p, const AxisSample<T>* ys,
+                   const AxisSample<T>* xs, int64_t ph, int64_t pw, bool max_mode, const T* g) {
+  for (int64_t i = 0; i < ph; ++i) {
+    for (int64_t j = 0; j < pw; ++j) {
+      if (max_mode) {
+        // The first maximum takes the gradient; a zero sample (outside the map) can win and then
+        // the gradient goes nowhere.
+        T best = -std::numeric_limits<T>::infinity();
+        int32_t arg = -1;
+        for (int32_t sy = 0; sy < p.gh; ++sy) {
+          const AxisSample<T>& Y = ys[p.y_off + i * p.gh + sy];
+          for (int32_t sx = 0; sx < p.gw; ++sx) {
+            const AxisSample<T>& X = xs[p.x_off + j * p.gw + sx];
+            T v = T(0);
+            int32_t s = -1;
+            if (Y.valid && X.valid) {
+              const Weights4<T> w = bilinear_weights(Y, X);
+              const T* lo = plane + Y.lo * W;
+              const T* hi = plane + Y.hi * W;
+              v = w.w1 * lo[X.lo] + w.w2 * lo[X.hi] + w.w3 * hi[X.lo] + w.w4 * hi[X.hi];
+              s = sy * p.gw + sx;
+            }
+            if (v > best) best = v, arg = s;
+          }
+        }
+        if (arg < 0) continue;
+        const AxisSample<T>& Y = ys[p.y_off + i * p.gh + arg / p.gw];
+        const AxisSample<T>& X = xs[p.x_off + j * p.gw + arg % p.gw];
+        const Weights4<T> w = bilinear_weights(Y, X);
+        const T gv = g[i * pw + j];
+        acc[Y.lo * W + X.lo] += gv * w.w1;
+        acc[Y.lo * W + X.hi] += gv * w.w2;
+        acc[Y.hi * W + X.lo] += gv * w.w3;
+        acc[Y.hi * W + X.hi] += gv * w.w4;
+        continue;
+      }
+      // (grad / count) * w, as the channels-last kernel forms it.
+      const T gv = g[i * pw + j] / p.count;
+      for (int32_t sy = 0; sy < p.gh; ++sy) {
+        const AxisSample<T>& Y = ys[p.y_off + i * p.gh + sy];
+        if (!Y.valid) continue;
+        T* lo = acc + Y.lo * W;
+        T* hi = acc + Y.hi * W;
+        for (int32_t sx = 0; sx < p.gw; ++sx) {
+          const AxisSample<T>& X = xs[p.x_off + j * p.gw + sx];
+          if (!X.valid) continue;
+          const Weights4<T> w = bilinear_weights(Y, X);
+          // Corners may coincide (clamped at the border): four sequential updates.
+          lo[X.lo] += gv * w.w1;
+          lo[X.hi] += gv * w.w2;
+          hi[X.lo] += gv * w.w3;
+          hi[X.hi] += gv * w.w4;
+        }
+      }
+    }
+  }
+}
+
+// Pulls the plane this thread reads next into L2 while it works on the current one: the RoIs read a
+// plane in random order, and without this every first touch of a line waits for memory.
+template <typename S>
+void prefetch_plane(const S* p, int64_t size) {
+  const char* b = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < size * static_cast<int64_t>(sizeof(S)); off += 64) __builtin_prefetch(b + off, 0, 2);
+}
+
+template <typename T, typename S>
+void plane_forward(const std::vector<const S*>& maps, const Levels<T>& L,
+                   const std::vector<RoiPlan<T>>& plans, const std::vector<AxisSample<T>>& ys,
+                   const std::vector<AxisSample<T>>& xs, int64_t batch, int64_t C, int64_t ph,
+                   int64_t pw, bool max_mode, S* out) {
+  const int64_t levels = static_cast<int64_t>(maps.size()), bins = ph * pw;
+  const auto groups = group_rois(plans, batch, levels);
+  const XTable<T> xt = x_table(xs);
+  at::parallel_for(0, batch * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf, v, acc;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / C, c = task % C;
+      for (int64_t l = 0; l < levels; ++l) {
+        const auto& ks = groups[n * levels + l];
+        if (ks.empty()) continue;
+        const int64_t H = L.h[l], W = L.w[l];
+        if (task + 1 < end) prefetch_plane(maps[l] + (n * C + c + 1) * H * W, H * W);
+        const T* plane = plane_as<T, S>(maps[l] + (n * C + c) * H * W, H * W, buf);
+        for (const int64_t k : ks)
+          pool_plane<T, S>(plane, W, plans[k], ys.data(), xs.data(), xt, ph, pw, max_mode, v, acc,
+                           out + (k * C + c) * bins);
+      }
+    }
+  });
+}
+
+template <typename T, typename S>
+void plane_backward(const std::vector<const S*>& maps, const std::vector<S*>& grads, const Levels<T>& L,
+                    const std::vector<RoiPlan<T>>& plans, const std::vector<AxisSample<T>>& ys,
+                    const std::vector<AxisSample<T>>& xs, const T* g, int64_t batch, int64_t C,
+                    int64_t ph, int64_t pw, bool max_mode) {
+  const int64_t levels = static_cast<int64_t>(grads.size()), bins = ph * pw;
+  const auto groups = group_rois(plans, batch, levels);
+  at::parallel_for(0, batch * C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> abuf, fbuf;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / C, c = task % C;
+      for (int64_t l = 0; l < levels; ++l) {
+        const int64_t H = L.h[l], W = L.w[l], size = H * W;
+        S* dst = grads[l] + (n * C + c) * size;
+        const auto& ks = groups[n * levels + l];
+        if (ks.empty()) {
+          std::fill(dst, dst + size, S(0));
+          continue;
+        }
+        T* acc;
+        if constexpr (std::is_same_v<S, T>) {
+          acc = dst;
+        } else {
+          abuf.resize(size);
+          acc = abuf.data();
+        }
+        std::fill(acc, acc + size, T(0));
+        const T* plane = max_mode ? plane_as<T, S>(maps[l] + (n * C + c) * size, size, fbuf) : nullptr;
+        for (const int64_t k : ks)
+          scatter_plane<T>(acc, plane, W, plans[k], ys.data(), xs.data(), ph, pw, max_mode,
+                           g + (k * C + c) * bins);
+        if constexpr (!std::is_same_v<S, T>)
+          for (int64_t e = 0; e < size; ++e) dst[e] = static_cast<S>(acc[e]);
+      }
+    }
+  });
+}
+
+// The plane kernels serve inputs that are not channels-last (they are made contiguous); the
+// channels-last kernels serve channels-last ones, which they read without a copy.
+bool use_planes(const std::vector<at::Tensor>& features) {
+  return std::none_of(features.begin(), features.end(), grad_is_channels_last);
+}
+
 at::Tensor multi_level_roi_align_cpu_impl(const char* op, const std::vector<at::Tensor>& features,
                                           const at::Tensor& rois, const at::Tensor& levels,
                                           at::ArrayRef<double> scales, int64_t ph, int64_t pw,
@@ -400,15 +671,20 @@ at::Tensor multi_level_roi_align_cpu_impl(const char* op, const std::vector<at::
     const at::Tensor r = rois.to(ct).contiguous();
     std::vector<AxisSample<T>> ys, xs;
     // Plan first (it checks batch indices and levels), then convert the maps.
-    Levels<T> shapes;
-    for (size_t i = 0; i < features.size(); ++i) {
-      shapes.data.push_back(nullptr);
-      shapes.h.push_back(features[i].size(2));
-      shapes.w.push_back(features[i].size(3));
-      shapes.scale.push_back(static_cast<T>(scales[i]));
-    }
+    const Levels<T> shapes = level_shapes<T>(features, scales);
     const auto plans = plan_rois<T>(op, r.data_ptr<T>(), lv.defined() ? lv.data_ptr<int64_t>() : nullptr,
                                     K, shapes, batch, ph, pw, sampling_ratio, aligned, ys, xs);
+    if (use_planes(features)) {
+      std::vector<at::Tensor> maps;
+      for (const auto& f : features) maps.push_back(f.contiguous());
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "roi_align_cpu_planes", [&] {
+        std::vector<const scalar_t*> mp;
+        for (const auto& m : maps) mp.push_back(m.data_ptr<scalar_t>());
+        plane_forward<T, scalar_t>(mp, shapes, plans, ys, xs, batch, C, ph, pw, max_mode,
+                                   out.data_ptr<scalar_t>());
+      });
+      return;
+    }
     const Levels<T> L = load_levels<T>(features, scales, ct);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "roi_align_cpu_out", [&] {
       forward_impl<T, scalar_t>(L, plans, ys, xs, C, ph, pw, max_mode, out.data_ptr<scalar_t>());
@@ -505,6 +781,48 @@ void backward_impl(const Levels<T>& L, std::vector<T*>& grads, const std::vector
   });
 }
 
+// Backward of NCHW inputs: the gradient is written in place, plane by plane (see plane_backward).
+std::vector<at::Tensor> plane_backward_impl(const char* op, const at::Tensor& grad,
+                                            const std::vector<at::Tensor>& features,
+                                            const at::Tensor& rois, const at::Tensor& levels,
+                                            at::ArrayRef<double> scales, int64_t ph, int64_t pw,
+                                            int64_t sampling_ratio, bool aligned, bool max_mode) {
+  const at::Tensor& f0 = features[0];
+  const int64_t K = rois.size(0), C = f0.size(1), batch = f0.size(0);
+  const at::ScalarType ct = compute_type(f0.scalar_type());
+  std::vector<at::Tensor> out, maps;
+  for (const auto& f : features) {
+    out.push_back(at::empty(f.sizes(), f.options()));
+    maps.push_back(max_mode ? f.contiguous() : f);
+  }
+  if (C == 0) return out;
+  if (K == 0) {
+    for (auto& o : out) o.zero_();
+    return out;
+  }
+  const at::Tensor lv = levels.defined() ? levels.to(at::kLong).contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(ct, "roi_align_backward_cpu_planes", [&] {
+    using T = scalar_t;
+    const at::Tensor r = rois.to(ct).contiguous();
+    const Levels<T> L = level_shapes<T>(features, scales);
+    std::vector<AxisSample<T>> ys, xs;
+    const auto plans = plan_rois<T>(op, r.data_ptr<T>(), lv.defined() ? lv.data_ptr<int64_t>() : nullptr,
+                                    K, L, batch, ph, pw, sampling_ratio, aligned, ys, xs);
+    const at::Tensor g = grad.to(ct).contiguous();  // [K, C, ph, pw]
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "roi_align_bwd_planes", [&] {
+      using S = scalar_t;
+      std::vector<const S*> mp;
+      std::vector<S*> gp;
+      for (size_t i = 0; i < features.size(); ++i) {
+        mp.push_back(max_mode ? maps[i].data_ptr<S>() : nullptr);
+        gp.push_back(out[i].data_ptr<S>());
+      }
+      plane_backward<T, S>(mp, gp, L, plans, ys, xs, g.data_ptr<T>(), batch, C, ph, pw, max_mode);
+    });
+  });
+  return out;
+}
+
 std::vector<at::Tensor> multi_level_roi_align_backward_cpu_impl(
     const char* op, const at::Tensor& grad, const std::vector<at::Tensor>& features,
     const at::Tensor& rois, const at::Tensor& levels, at::ArrayRef<double> scales, int64_t ph,
@@ -516,6 +834,8 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu_impl(
                   grad.size(3) == pw,
               op, ": grad must have shape [", K, ", ", C, ", ", ph, ", ", pw, "], got ", grad.sizes());
   const at::ScalarType ct = compute_type(f0.scalar_type());
+  if (use_planes(features)) return plane_backward_impl(op, grad, features, rois, levels, scales, ph, pw,
+                                                       sampling_ratio, aligned, max_mode);
   std::vector<at::Tensor> acc;
   for (const auto& f : features)
     acc.push_back(parallel_zeros({f.size(0), f.size(2), f.size(3), f.size(1)}, f.options().dtype(ct)));
@@ -524,17 +844,7 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu_impl(
     AT_DISPATCH_FLOATING_TYPES(ct, "roi_align_backward_cpu", [&] {
       using T = scalar_t;
       const at::Tensor r = rois.to(ct).contiguous();
-      Levels<T> L;
-      if (max_mode) {
-        L = load_levels<T>(features, scales, ct);
-      } else {
-        for (size_t i = 0; i < features.size(); ++i) {
-          L.data.push_back(nullptr);
-          L.h.push_back(features[i].size(2));
-          L.w.push_back(features[i].size(3));
-          L.scale.push_back(static_cast<T>(scales[i]));
-        }
-      }
+      const Levels<T> L = max_mode ? load_levels<T>(features, scales, ct) : level_shapes<T>(features, scales);
       std::vector<AxisSample<T>> ys, xs;
       const auto plans = plan_rois<T>(op, r.data_ptr<T>(), lv.defined() ? lv.data_ptr<int64_t>() : nullptr,
                                       K, L, batch, ph, pw, sampling_ratio, aligned, ys, xs);

@@ -30,19 +30,27 @@ def make_inputs(seed, rows=ROWS, classes=CLASSES, device="cpu", dtype=torch.floa
     return logits, targets, labels.to(device)
 
 
-def fastseg_step(logits, targets, reduction):
+def _backward(loss, then_sum=False):
+    """The incoming gradient of a step: a materialised tensor of ones (the caller weights each element),
+    or, with ``then_sum``, ``loss.sum().backward()`` (the caller reduces: the gradient is one broadcast
+    value)."""
+    if then_sum:
+        loss.sum().backward()
+    else:
+        loss.backward(torch.ones_like(loss))
+
+
+def fastseg_step(logits, targets, reduction, then_sum=False):
     x = logits.detach().requires_grad_()
-    loss = fastseg.ops.sigmoid_focal_loss(x, targets, 0.25, 2.0, reduction)
-    loss.backward(torch.ones_like(loss))
+    _backward(fastseg.ops.sigmoid_focal_loss(x, targets, 0.25, 2.0, reduction), then_sum)
     return x.grad
 
 
-def torchvision_step(logits, targets, reduction):
+def torchvision_step(logits, targets, reduction, then_sum=False):
     import torchvision
 
     x = logits.detach().requires_grad_()
-    loss = torchvision.ops.sigmoid_focal_loss(x, targets, 0.25, 2.0, reduction)
-    loss.backward(torch.ones_like(loss))
+    _backward(torchvision.ops.sigmoid_focal_loss(x, targets, 0.25, 2.0, reduction), then_sum)
     return x.grad
 
 
@@ -79,13 +87,14 @@ def cases(device: str, quick: bool) -> list[Case]:
     out = []
     dtypes = [torch.float32] if device == "cpu" else [torch.float32, torch.bfloat16]
     for dtype in dtypes:
-        for reduction in ["sum", "none"]:
+        for reduction, then_sum in [("sum", False), ("none", False), ("none", True)]:
             # the scaling view (time against the number of rows): reduction "sum", full suite only
             for r in ([rows] if quick or reduction != "sum" else [ROWS // 16, ROWS // 4, ROWS]):
+                how = ", then .sum()" if then_sum else ""
                 out.append(Case(
-                    "sigmoid_focal_loss", f"[{r}, {CLASSES}] fwd+bwd, {reduction}", r * CLASSES, dtype, device,
-                    lambda seed, dtype=dtype, reduction=reduction, r=r: (
-                        *make_inputs(seed, r, device=device, dtype=dtype)[:2], reduction),
+                    "sigmoid_focal_loss", f"[{r}, {CLASSES}] fwd+bwd, {reduction}{how}", r * CLASSES, dtype,
+                    device, lambda seed, dtype=dtype, reduction=reduction, r=r, then_sum=then_sum: (
+                        *make_inputs(seed, r, device=device, dtype=dtype)[:2], reduction, then_sum),
                     fastseg_step, torchvision_step, "torchvision", _close_grads, SIGMOID_FOCAL_LOSS_IMPLS))
 
         def make_labels(seed, dtype=dtype):
@@ -112,22 +121,22 @@ def rss_kb(field):
         return next(int(l.split()[1]) for l in f if l.startswith(field))
 step = fl.fastseg_step if {which!r} == "fastseg" else fl.torchvision_step
 small = fl.make_inputs(1, rows=64)
-step(small[0], small[1], {reduction!r})  # first-call costs (imports, dispatcher caches) are not the op's
+step(small[0], small[1], {reduction!r}, {then_sum!r})  # first-call costs (imports, caches) are not the op's
 base = rss_kb("VmRSS:")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # resets VmHWM, the peak resident set, to the current RSS
-grad = step(logits, targets, {reduction!r})
+grad = step(logits, targets, {reduction!r}, {then_sum!r})
 print((rss_kb("VmHWM:") - base) * 1024)
 """
 
 
-def peak_extra_memory(which: str, reduction: str) -> int:
+def peak_extra_memory(which: str, reduction: str, then_sum: bool = False) -> int:
     """Peak extra resident memory (bytes) of one forward + backward on [200k, 80] fp32, the gradient
     included, in a fresh process warmed up on a small input: RSS high-water mark (reset through /proc/self/clear_refs after the
     inputs exist) minus the RSS before the call. Allocator-agnostic: it counts pages touched, whoever
     allocated them (torch's CPU allocator is plain malloc, which tracemalloc does not see)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    code = _CHILD.format(root=root, which=which, reduction=reduction)
+    code = _CHILD.format(root=root, which=which, reduction=reduction, then_sum=then_sum)
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     return int(res.stdout.strip().splitlines()[-1])
@@ -138,10 +147,11 @@ def main(argv=None):
     p.add_argument("--memory", action="store_true", help="measure the peak extra memory of fwd+bwd")
     args = p.parse_args(argv)
     if args.memory:
-        for reduction in ["sum", "none"]:
-            tv = peak_extra_memory("torchvision", reduction)
-            fs = peak_extra_memory("fastseg", reduction)
-            print(f"[{ROWS}, {CLASSES}] fp32 fwd+bwd {reduction}: torchvision {tv / 2**20:.0f} MiB, "
+        for reduction, then_sum in [("sum", False), ("none", False), ("none", True)]:
+            tv = peak_extra_memory("torchvision", reduction, then_sum)
+            fs = peak_extra_memory("fastseg", reduction, then_sum)
+            how = "loss.sum().backward()" if then_sum else "loss.backward(ones)"
+            print(f"[{ROWS}, {CLASSES}] fp32 fwd+bwd {reduction}, {how}: torchvision {tv / 2**20:.0f} MiB, "
                   f"fastseg {fs / 2**20:.0f} MiB ({fs / tv:.3f} of torchvision's)")
 
 

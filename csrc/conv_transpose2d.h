@@ -76,4 +76,10 @@ inline at::MemoryFormat conv_memory_format(const at::Tensor& input, const at::Te
              : at::MemoryFormat::Contiguous;
 }
 
+// fp32 NCHW kernel-2 stride-2 transposed convolution as one GEMM pass with a pixel-shuffle epilogue
+// (csrc/cpu/conv_transpose2d_k2.cpp). Writes `out` (contiguous [N, Cout, 2H, 2W]) and returns true, or
+// returns false untouched when the call does not fit it (other configurations, dtypes, no AVX-512).
+bool conv_transpose2d_k2_nchw(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                              const ConvT2dParams& p, bool relu, at::Tensor& out);
+
 }  // namespace fastseg

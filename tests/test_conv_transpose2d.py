@@ -140,6 +140,32 @@ def test_output_padding_region_is_written(backend_name):
         assert torch.equal(out[0, :, -1, :], b[:, None].expand(4, 11))
 
 
+@pytest.mark.parametrize("n,cin,cout,h,w", [(2, 16, 6, 8, 8), (1, 5, 2, 4, 8), (3, 24, 4, 2, 16), (1, 9, 10, 4, 24),
+                                             (2, 3, 8, 1, 32)])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, False), (True, True)])
+def test_native_fused_k2s2_nchw_kernel(n, cin, cout, h, w, bias, relu):
+    """The fused fp32 NCHW kernel-2 stride-2 CPU kernel (GEMM with a pixel-shuffle epilogue: widths that are
+    multiples of 8, H*W a multiple of 32, an even number of output channels). Poisoned memory first, so an
+    output element it failed to write shows; gradients too (the backward is a separate kernel)."""
+    x, wt, b = make(n, cin, cout, 1, 2, 2, h, w, bias=bias)
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True  # empty tensors are NaN
+    try:
+        with fastseg.use_backend("native"):
+            xg, wg = x.clone().requires_grad_(), wt.clone().requires_grad_()
+            out = fastseg.ops.conv_transpose2d(xg, wg, b, stride=2, activation="relu" if relu else None)
+            grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            gx, gw = torch.autograd.grad(out, (xg, wg), grad)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    check_close(out, expected(x, wt, b, 2, 0, 0, 1, 1, relu), torch.float32)
+    xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+    ref = expected(xr, wr, b, 2, 0, 0, 1, 1, relu)
+    ex, ew = torch.autograd.grad(ref, (xr, wr), grad.double())
+    check_close(gx, ex, torch.float32)
+    check_close(gw, ew, torch.float32)
+
+
 def test_unbatched_and_empty(backend_name):
     require_backend(backend_name, "cpu")
     x, w, b = make(1, 4, 3, 1, 3, 3, 5, 5)

@@ -168,6 +168,7 @@ at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, co
   at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  if (fmt == at::MemoryFormat::Contiguous && conv_transpose2d_k2_nchw(input, weight, b, p, relu, out)) return out;
   at::Tensor y;
   if (fmt == at::MemoryFormat::Contiguous) {
     const at::Tensor x = input.contiguous();
@@ -249,18 +250,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 // - forward, channels_last: oneDNN's deconvolution (at::convolution, what PyTorch runs). Our
 //   kernel == stride GEMM + scatter measured 0.7-1.0x of it: oneDNN writes the output once, the GEMM
 //   + scatter twice.
-// - forward, NCHW: oneDNN's NCHW deconvolution is much slower than its channels_last one on layers with
-//   few channels (FCN's 21 classes: 12x; U-Net's 128 -> 64: 15x), more than the two layout copies cost,
-//   so those run in channels_last and are copied back; wide layers (the gap is 1.1-1.4x there, about
-//   what the copies cost) run oneDNN's NCHW directly.
-// - backward, kernel == stride: our gather + two GEMMs (1.4-1.8x oneDNN in channels_last, 1.0-1.2x in
-//   NCHW through channels_last copies). Other backward: oneDNN (at::convolution_backward).
+// - forward, NCHW, kernel == stride: the fused k2 s2 GEMM + pixel-shuffle kernel (conv_transpose2d_k2.cpp,
+//   1.1-4.9x oneDNN), or GEMM + scatter where it does not fit.
+// - forward, NCHW, other kernels: oneDNN's NCHW deconvolution is much slower than its channels_last one
+//   on layers with few channels (FCN's 21 classes), more than the two layout copies cost, so those run
+//   in channels_last and are copied back; wide layers run oneDNN's NCHW directly.
+// - backward, kernel == stride, channels_last: our gather + two GEMMs (1.1-1.4x oneDNN). NCHW: oneDNN
+//   (the gather + GEMMs measured 0.6-1.0x of it once the layout copies or the NCHW gather are paid).
+//   Other backward: oneDNN (at::convolution_backward).
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast };
 
 Route forward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
   const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
   if (force && *force) return static_cast<Route>(std::atoi(force));
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
+  if (p.shuffle()) return Route::kShuffle;  // the fused k2 s2 kernel where it fits, else GEMM + scatter
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
@@ -268,7 +272,7 @@ Route backward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
   const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force && *force) return static_cast<Route>(std::atoi(force));
   if (!p.shuffle()) return Route::kOneDnn;
-  return fmt == at::MemoryFormat::ChannelsLast ? Route::kShuffle : Route::kShuffleViaChannelsLast;
+  return fmt == at::MemoryFormat::ChannelsLast ? Route::kShuffle : Route::kOneDnn;
 }
 
 at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

@@ -256,8 +256,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   on layers with few channels (FCN's 21 classes), more than the two layout copies cost, so those run
 //   in channels_last and are copied back; wide layers run oneDNN's NCHW directly.
 // - backward, kernel == stride, channels_last: our gather + two GEMMs (1.1-1.4x oneDNN). NCHW: oneDNN
-//   (the gather + GEMMs measured 0.6-1.0x of it once the layout copies or the NCHW gather are paid).
-//   Other backward: oneDNN (at::convolution_backward).
+//   (the gather + GEMMs measured 0.6-1.0x of it once the layout copies or the NCHW gather are paid),
+//   through channels_last on few-channel layers as in the forward. Other channels_last backward:
+//   oneDNN (at::convolution_backward).
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast };
 
 Route forward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
@@ -271,8 +272,10 @@ Route forward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
 Route backward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
   const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force && *force) return static_cast<Route>(std::atoi(force));
-  if (!p.shuffle()) return Route::kOneDnn;
-  return fmt == at::MemoryFormat::ChannelsLast ? Route::kShuffle : Route::kOneDnn;
+  if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
+  // NCHW: oneDNN's NCHW backward is ~2x slower than its channels_last one on few-channel layers (FCN's
+  // 21 classes: 379 vs 181 us), far more than copying such small tensors costs.
+  return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
 at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

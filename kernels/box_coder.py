@@ -33,6 +33,32 @@ def _r(x, T: tl.constexpr, ROUND: tl.constexpr):
 
 
 @triton.jit
+def _load4(ptr, i, mask, other_hi, ACC: tl.constexpr):
+    """Row i of an [N, 4] tensor in type ACC; masked lanes read (0, 0, other_hi, other_hi)."""
+    a = tl.load(ptr + 4 * i + 0, mask=mask, other=0.0).to(ACC)
+    b = tl.load(ptr + 4 * i + 1, mask=mask, other=0.0).to(ACC)
+    c = tl.load(ptr + 4 * i + 2, mask=mask, other=other_hi).to(ACC)
+    d = tl.load(ptr + 4 * i + 3, mask=mask, other=other_hi).to(ACC)
+    return a, b, c, d
+
+
+@triton.jit
+def _store4(ptr, i, mask, a, b, c, d, T: tl.constexpr):
+    tl.store(ptr + 4 * i + 0, a.to(T), mask=mask)
+    tl.store(ptr + 4 * i + 1, b.to(T), mask=mask)
+    tl.store(ptr + 4 * i + 2, c.to(T), mask=mask)
+    tl.store(ptr + 4 * i + 3, d.to(T), mask=mask)
+
+
+@triton.jit
+def _size_center(x1, y1, x2, y2, T: tl.constexpr, ROUND: tl.constexpr):
+    """Width, height and centre of boxes, rounded as torchvision's op-by-op evaluation rounds them."""
+    w = _r(x2 - x1, T, ROUND)
+    h = _r(y2 - y1, T, ROUND)
+    return w, h, _r(x1 + _r(0.5 * w, T, ROUND), T, ROUND), _r(y1 + _r(0.5 * h, T, ROUND), T, ROUND)
+
+
+@triton.jit
 def _box_decode_kernel(codes_ptr, boxes_ptr, out_ptr, rows, k, params_ptr,
                        T: tl.constexpr, ACC: tl.constexpr, ROUND: tl.constexpr, RECIP: tl.constexpr, CLIP: tl.constexpr,
                        BLOCK: tl.constexpr):
@@ -48,18 +74,9 @@ def _box_decode_kernel(codes_ptr, boxes_ptr, out_ptr, rows, k, params_ptr,
     clip = tl.load(params_ptr + 4)
     clip_w = tl.load(params_ptr + 5)
     clip_h = tl.load(params_ptr + 6)
-    c0 = tl.load(codes_ptr + 4 * r + 0, mask=mask, other=0.0).to(ACC)
-    c1 = tl.load(codes_ptr + 4 * r + 1, mask=mask, other=0.0).to(ACC)
-    c2 = tl.load(codes_ptr + 4 * r + 2, mask=mask, other=0.0).to(ACC)
-    c3 = tl.load(codes_ptr + 4 * r + 3, mask=mask, other=0.0).to(ACC)
-    bx1 = tl.load(boxes_ptr + 4 * b + 0, mask=mask, other=0.0).to(ACC)
-    by1 = tl.load(boxes_ptr + 4 * b + 1, mask=mask, other=0.0).to(ACC)
-    bx2 = tl.load(boxes_ptr + 4 * b + 2, mask=mask, other=0.0).to(ACC)
-    by2 = tl.load(boxes_ptr + 4 * b + 3, mask=mask, other=0.0).to(ACC)
-    width = _r(bx2 - bx1, T, ROUND)
-    height = _r(by2 - by1, T, ROUND)
-    ctr_x = _r(bx1 + _r(0.5 * width, T, ROUND), T, ROUND)
-    ctr_y = _r(by1 + _r(0.5 * height, T, ROUND), T, ROUND)
+    c0, c1, c2, c3 = _load4(codes_ptr, r, mask, 0.0, ACC)
+    bx1, by1, bx2, by2 = _load4(boxes_ptr, b, mask, 0.0, ACC)
+    width, height, ctr_x, ctr_y = _size_center(bx1, by1, bx2, by2, T, ROUND)
     if RECIP:
         dx = _r(c0 * w0, T, ROUND)
         dy = _r(c1 * w1, T, ROUND)
@@ -91,10 +108,7 @@ def _box_decode_kernel(codes_ptr, boxes_ptr, out_ptr, rows, k, params_ptr,
         x2 = tl.where(clip_w < x2, clip_w, x2)
         y1 = tl.where(clip_h < y1, clip_h, y1)
         y2 = tl.where(clip_h < y2, clip_h, y2)
-    tl.store(out_ptr + 4 * r + 0, x1.to(T), mask=mask)
-    tl.store(out_ptr + 4 * r + 1, y1.to(T), mask=mask)
-    tl.store(out_ptr + 4 * r + 2, x2.to(T), mask=mask)
-    tl.store(out_ptr + 4 * r + 3, y2.to(T), mask=mask)
+    _store4(out_ptr, r, mask, x1, y1, x2, y2, T)
 
 
 @triton.jit
@@ -107,22 +121,10 @@ def _box_encode_kernel(ref_ptr, prop_ptr, out_ptr, n, params_ptr, T: tl.constexp
     w1 = tl.load(params_ptr + 1)
     w2 = tl.load(params_ptr + 2)
     w3 = tl.load(params_ptr + 3)
-    px1 = tl.load(prop_ptr + 4 * i + 0, mask=mask, other=0.0).to(ACC)
-    py1 = tl.load(prop_ptr + 4 * i + 1, mask=mask, other=0.0).to(ACC)
-    px2 = tl.load(prop_ptr + 4 * i + 2, mask=mask, other=1.0).to(ACC)
-    py2 = tl.load(prop_ptr + 4 * i + 3, mask=mask, other=1.0).to(ACC)
-    gx1 = tl.load(ref_ptr + 4 * i + 0, mask=mask, other=0.0).to(ACC)
-    gy1 = tl.load(ref_ptr + 4 * i + 1, mask=mask, other=0.0).to(ACC)
-    gx2 = tl.load(ref_ptr + 4 * i + 2, mask=mask, other=1.0).to(ACC)
-    gy2 = tl.load(ref_ptr + 4 * i + 3, mask=mask, other=1.0).to(ACC)
-    ex_w = _r(px2 - px1, T, ROUND)
-    ex_h = _r(py2 - py1, T, ROUND)
-    ex_cx = _r(px1 + _r(0.5 * ex_w, T, ROUND), T, ROUND)
-    ex_cy = _r(py1 + _r(0.5 * ex_h, T, ROUND), T, ROUND)
-    gt_w = _r(gx2 - gx1, T, ROUND)
-    gt_h = _r(gy2 - gy1, T, ROUND)
-    gt_cx = _r(gx1 + _r(0.5 * gt_w, T, ROUND), T, ROUND)
-    gt_cy = _r(gy1 + _r(0.5 * gt_h, T, ROUND), T, ROUND)
+    px1, py1, px2, py2 = _load4(prop_ptr, i, mask, 1.0, ACC)  # masked lanes: a unit box (no 0 / 0)
+    gx1, gy1, gx2, gy2 = _load4(ref_ptr, i, mask, 1.0, ACC)
+    ex_w, ex_h, ex_cx, ex_cy = _size_center(px1, py1, px2, py2, T, ROUND)
+    gt_w, gt_h, gt_cx, gt_cy = _size_center(gx1, gy1, gx2, gy2, T, ROUND)
     if IS_FP64:
         dx = (w0 * (gt_cx - ex_cx)) / ex_w
         dy = (w1 * (gt_cy - ex_cy)) / ex_h
@@ -133,10 +135,7 @@ def _box_encode_kernel(ref_ptr, prop_ptr, out_ptr, n, params_ptr, T: tl.constexp
         dy = tl.math.div_rn(_r(w1 * _r(gt_cy - ex_cy, T, ROUND), T, ROUND), ex_h)
         dw = w2 * _r(tl.log(_r(tl.math.div_rn(gt_w, ex_w), T, ROUND)), T, ROUND)
         dh = w3 * _r(tl.log(_r(tl.math.div_rn(gt_h, ex_h), T, ROUND)), T, ROUND)
-    tl.store(out_ptr + 4 * i + 0, dx.to(T), mask=mask)
-    tl.store(out_ptr + 4 * i + 1, dy.to(T), mask=mask)
-    tl.store(out_ptr + 4 * i + 2, dw.to(T), mask=mask)
-    tl.store(out_ptr + 4 * i + 3, dh.to(T), mask=mask)
+    _store4(out_ptr, i, mask, dx, dy, dw, dh, T)
 
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}

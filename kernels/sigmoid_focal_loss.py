@@ -109,6 +109,28 @@ def _grad(x, t, alpha, gamma, G: tl.constexpr):
 
 
 @triton.jit
+def _scalars(params_ptr, a, b, c, IS_FP64: tl.constexpr):
+    """The kernel's three float scalars. Triton passes Python floats as fp32: fp64 kernels read them
+    from a tensor instead."""
+    if IS_FP64:
+        a = tl.load(params_ptr + 0)
+        b = tl.load(params_ptr + 1)
+        c = tl.load(params_ptr + 2)
+    return a, b, c
+
+
+@triton.jit
+def _labels_tile(x_ptr, labels_ptr, offs, mask, C, IS_FP64: tl.constexpr):
+    """Logits, one-hot targets and row labels of the flat elements `offs` of an [N, C] problem."""
+    ct = tl.float64 if IS_FP64 else tl.float32
+    row = offs // C
+    label = tl.load(labels_ptr + row, mask=mask, other=0)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ct)
+    t = tl.where(offs - row * C == label, 1.0, 0.0).to(ct)
+    return x, t, label
+
+
+@triton.jit
 def _fwd_kernel(x_ptr, t_ptr, out_ptr, partial_ptr, params_ptr, n, alpha, gamma,
                 BLOCK: tl.constexpr, G: tl.constexpr, REDUCE: tl.constexpr, IS_FP64: tl.constexpr):
     pid = tl.program_id(0)
@@ -134,10 +156,7 @@ def _bwd_kernel(g_ptr, x_ptr, t_ptr, out_ptr, params_ptr, n, g_scale, alpha, gam
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     ct = tl.float64 if IS_FP64 else tl.float32
-    if IS_FP64:  # Triton passes Python floats as fp32: fp64 kernels read their scalars from a tensor
-        alpha = tl.load(params_ptr + 0)
-        gamma = tl.load(params_ptr + 1)
-        g_scale = tl.load(params_ptr + 2)
+    alpha, gamma, g_scale = _scalars(params_ptr, alpha, gamma, g_scale, IS_FP64)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ct)
     t = tl.load(t_ptr + offs, mask=mask, other=0.0).to(ct)
     if GRAD_SCALAR:
@@ -156,15 +175,8 @@ def _fwd_labels_kernel(x_ptr, labels_ptr, norm_ptr, out_ptr, partial_ptr, params
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     ct = tl.float64 if IS_FP64 else tl.float32
-    if IS_FP64:  # Triton passes Python floats as fp32: fp64 kernels read their scalars from a tensor
-        alpha = tl.load(params_ptr + 0)
-        gamma = tl.load(params_ptr + 1)
-        scale = tl.load(params_ptr + 2)
-    row = offs // C
-    col = offs - row * C
-    label = tl.load(labels_ptr + row, mask=mask, other=0)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ct)
-    t = tl.where(col == label, 1.0, 0.0).to(ct)
+    alpha, gamma, scale = _scalars(params_ptr, alpha, gamma, scale, IS_FP64)
+    x, t, label = _labels_tile(x_ptr, labels_ptr, offs, mask, C, IS_FP64)
     loss = tl.where(label == ignore_index, 0.0, _loss(x, t, alpha, gamma, G))
     if REDUCE:
         tl.store(partial_ptr + pid, tl.sum(tl.where(mask, loss, 0.0), axis=0))
@@ -184,15 +196,8 @@ def _bwd_labels_kernel(g_ptr, x_ptr, labels_ptr, norm_ptr, out_ptr, params_ptr, 
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     ct = tl.float64 if IS_FP64 else tl.float32
-    if IS_FP64:  # Triton passes Python floats as fp32: fp64 kernels read their scalars from a tensor
-        alpha = tl.load(params_ptr + 0)
-        gamma = tl.load(params_ptr + 1)
-        g_scale = tl.load(params_ptr + 2)
-    row = offs // C
-    col = offs - row * C
-    label = tl.load(labels_ptr + row, mask=mask, other=0)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ct)
-    t = tl.where(col == label, 1.0, 0.0).to(ct)
+    alpha, gamma, g_scale = _scalars(params_ptr, alpha, gamma, g_scale, IS_FP64)
+    x, t, label = _labels_tile(x_ptr, labels_ptr, offs, mask, C, IS_FP64)
     if GRAD_SCALAR:
         g = tl.load(g_ptr).to(ct) * g_scale
     else:

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "box_checks.h"
+#include "cpu/clones.h"
 
 // Lets the vectoriser if-convert the selects of fast_expf / decode_box (evaluating both sides). It
 // changes no rounding (FP contraction stays off); it only drops the assumption that FP exceptions
@@ -20,12 +21,6 @@
 
 namespace fastseg {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTSEG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTSEG_CLONES
-#endif
 
 // Boxes per block of the decode loop: the block is transposed to structure-of-arrays on the stack
 // (8 arrays of 256 floats, 8 KiB: L1) so that the maths loop is a plain elementwise loop the compiler

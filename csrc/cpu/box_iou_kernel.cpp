@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "box_checks.h"
+#include "cpu/clones.h"
 
 // Lets the vectoriser if-convert the NaN-propagating selects of pair_iou; changes no rounding (FP
 // contraction stays off). See cpu/box_coder_kernel.cpp.
@@ -22,12 +23,6 @@
 
 namespace fastseg {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTSEG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTSEG_CLONES
-#endif
 
 template <typename A>
 struct Soa {

@@ -16,17 +16,12 @@
 #include <vector>
 
 #include "box_iou.h"
+#include "cpu/clones.h"
 #include "cpu/radix_sort.h"
 #include "nms.h"
 
 namespace fastseg {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTSEG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTSEG_CLONES
-#endif
 
 // Boxes of one NMS problem in a "window order" (by x1, or by score when pruning is off): coordinates,
 // areas, score rank, alive flag. int32 flags keep the inner loop at one lane width.

@@ -31,15 +31,10 @@
 #include <vector>
 
 #include "roi_align.h"
+#include "cpu/clones.h"
 
 namespace fastseg {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTSEG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTSEG_CLONES
-#endif
 
 // acc[c] += ((w1*a[c] + w2*b[c]) + w3*d[c]) + w4*e[c]: torchvision's grouping, so fp32 sums round the
 // same way.

@@ -26,15 +26,10 @@
 // reads the FP exception flags, and no result changes. After the ATen headers: only our code.
 #pragma GCC optimize("no-trapping-math")
 #include "focal_loss.h"
+#include "cpu/clones.h"
 
 namespace fastseg {
 namespace {
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTSEG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTSEG_CLONES
-#endif
 
 // Elements per chunk: the unit of work, of the partial sums and of the conversion buffers (3 float
 // buffers of 4 KiB stay in L1). Chunks per parallel task: kGrain (64k elements, ~0.1 ms of work).

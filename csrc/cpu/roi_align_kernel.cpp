@@ -32,6 +32,7 @@
 
 #include "roi_align.h"
 #include "cpu/clones.h"
+#include "cpu/planes.h"
 
 namespace fastseg {
 namespace {
@@ -548,14 +549,6 @@ void scatter_plane(T* acc, const T* plane, int64_t W, const RoiPlan<T>& p, const
       }
     }
   }
-}
-
-// Pulls the plane this thread reads next into L2 while it works on the current one: the RoIs read a
-// plane in random order, and without this every first touch of a line waits for memory.
-template <typename S>
-void prefetch_plane(const S* p, int64_t size) {
-  const char* b = reinterpret_cast<const char*>(p);
-  for (int64_t off = 0; off < size * static_cast<int64_t>(sizeof(S)); off += 64) __builtin_prefetch(b + off, 0, 2);
 }
 
 template <typename T, typename S>

@@ -1,6 +1,6 @@
 // CPU kernels of fastseg::roi_pool and fastseg::roi_pool_backward (schemas: csrc/roi_pool.cpp; bins:
-// csrc/roi_pool.h). Forward: parallel over RoIs; each bin is computed once per RoI and scanned for
-// every channel. Backward: parallel over (image, channel) planes, each plane owned by one task that
+// csrc/roi_pool.h). Forward: parallel over (image, channel) planes, as RoIAlign's NCHW kernel; each bin
+// is computed once per RoI and scanned in every plane. Backward: parallel over (image, channel) planes, each plane owned by one task that
 // adds the RoIs' gradients in index order: deterministic, no atomics, whatever the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -11,6 +11,7 @@
 
 #include "roi_align.h"
 #include "roi_pool.h"
+#include "cpu/planes.h"
 
 namespace fastseg {
 namespace {
@@ -37,23 +38,37 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
       TORCH_CHECK(n >= 0 && n < N, op, ": rois[", k, ", 0] is batch index ", n,
                   ", out of range for a batch of ", N, " images");
     }
+    // The bins of every RoI, once; the RoIs of each image, in index order.
+    std::vector<PoolBin> all(K * ph * pw);
+    const T scale = static_cast<T>(spatial_scale);
+    at::parallel_for(0, K, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const T* b = rp + 5 * k;
+        for (int64_t i = 0; i < ph; ++i)
+          for (int64_t j = 0; j < pw; ++j)
+            all[(k * ph + i) * pw + j] = roi_pool_bin<T>(b[1], b[2], b[3], b[4], scale, i, j, ph, pw, H, W);
+      }
+    });
+    std::vector<std::vector<int64_t>> by_image(N);
+    for (int64_t k = 0; k < K; ++k) by_image[static_cast<int64_t>(rp[5 * k])].push_back(k);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_cpu_in", [&] {
       using S = scalar_t;
       const S* xp = x.data_ptr<S>();
       S* op_ = out.data_ptr<S>();
       int32_t* ap = argmax.data_ptr<int32_t>();
-      const T scale = static_cast<T>(spatial_scale);
-      at::parallel_for(0, K, 8, [&](int64_t begin, int64_t end) {
-        std::vector<PoolBin> bins(ph * pw);
-        for (int64_t k = begin; k < end; ++k) {
-          const T* b = rp + 5 * k;
-          const int64_t n = static_cast<int64_t>(b[0]);
-          for (int64_t i = 0; i < ph; ++i)
-            for (int64_t j = 0; j < pw; ++j)
-              bins[i * pw + j] = roi_pool_bin<T>(b[1], b[2], b[3], b[4], scale, i, j, ph, pw, H, W);
-          for (int64_t c = 0; c < C; ++c) {
-            const S* plane = xp + (n * C + c) * H * W;
-            for (int64_t q = 0; q < ph * pw; ++q) {
+      const int64_t nb = ph * pw;
+      // A task per (image, channel) plane: the plane stays in cache while every RoI of the image is
+      // pooled from it (torchvision walks RoIs outermost and fetches each plane's rows again per RoI).
+      at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t nc = begin; nc < end; ++nc) {
+          const int64_t n = nc / C, c = nc % C;
+          if (nc + 1 < end) prefetch_plane(xp + (nc + 1) * H * W, H * W);
+          const S* plane = xp + nc * H * W;
+          for (const int64_t k : by_image[n]) {
+            const PoolBin* bins = all.data() + k * nb;
+            S* o = op_ + (k * C + c) * nb;
+            int32_t* a = ap + (k * C + c) * nb;
+            for (int64_t q = 0; q < nb; ++q) {
               const PoolBin& bin = bins[q];
               // torchvision's sentinel: -FLT_MAX (an all -inf bin keeps it, with argmax -1).
               T best = bin.empty ? T(0) : static_cast<T>(-FLT_MAX);
@@ -63,8 +78,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
                   const T v = static_cast<T>(plane[h * W + w]);
                   if (v > best) best = v, arg = static_cast<int32_t>(h * W + w);
                 }
-              op_[(k * C + c) * ph * pw + q] = static_cast<S>(best);
-              ap[(k * C + c) * ph * pw + q] = arg;
+              o[q] = static_cast<S>(best);
+              a[q] = arg;
             }
           }
         }

@@ -44,6 +44,27 @@ def test_forward_backward_match_torchvision(backend_name, device, dtype):
         torch.testing.assert_close(g.cpu().to(ge.dtype), ge, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("values", ["ties", "special"])
+def test_native_argmax_ties_and_special_values(values):
+    """The CPU scans bins 16 columns at a time (fp32, AVX-512) and must still pick torchvision's element:
+    the first maximum in row-major order. Many ties (integer values), -inf, NaN and bins wider than 16
+    columns; the gradient shows which element was picked."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 3, (2, 5, 40, 70), generator=g).float()
+    if values == "special":
+        x[torch.rand(x.shape, generator=g) < 0.2] = float("-inf")
+        x[torch.rand(x.shape, generator=g) < 0.05] = float("nan")
+        x[:, :, :20, :40] = float("-inf")  # whole bins of -inf: torchvision's -FLT_MAX sentinel, no argmax
+    rois = make_rois(60, 8, extent=70, max_side=70)
+    xf, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with fastseg.use_backend("native"):
+        out = fastseg.ops.roi_pool(xf, rois, (3, 2), 1.0)
+    expected = torchvision.ops.roi_pool(xt, rois, (3, 2), 1.0)
+    assert torch.equal(out.nan_to_num(), expected.nan_to_num())
+    grad = torch.randn(out.shape, generator=g)
+    assert torch.equal(torch.autograd.grad(out, xf, grad)[0], torch.autograd.grad(expected, xt, grad)[0])
+
+
 def test_box_list_module_channels_last_and_strided(backend_name, device):
     require_backend(backend_name, device)
     base = make_input((2, 6, 12, 20), 3, device=device)

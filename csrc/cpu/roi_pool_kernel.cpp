@@ -6,6 +6,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #include <cfloat>
 #include <vector>
 
@@ -15,6 +19,53 @@
 
 namespace fastseg {
 namespace {
+
+// Max and first argmax (row-major, torchvision's scan order and strict `>`) of one bin of an fp32
+// plane, 16 columns at a time: each lane keeps the first maximum of its columns, then the lanes
+// holding the overall maximum give the smallest index. `best` enters as the sentinel; arg stays -1
+// when nothing beats it (an empty or all -inf / NaN bin), as in the scalar scan.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f"))) void bin_max_avx512(const float* plane, int64_t W, const PoolBin& bin,
+                                                       float& best, int32_t& arg) {
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  __m512 vbest = _mm512_set1_ps(best);
+  __m512i varg = _mm512_set1_epi32(-1);
+  for (int64_t h = bin.hstart; h < bin.hend; ++h) {
+    const float* row = plane + h * W;
+    for (int64_t w = bin.wstart; w < bin.wend; w += 16) {
+      const __mmask16 m = bin.wend - w >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (bin.wend - w)) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(m, row + w);
+      const __mmask16 gt = _mm512_mask_cmp_ps_mask(m, v, vbest, _CMP_GT_OQ);
+      vbest = _mm512_mask_mov_ps(vbest, gt, v);
+      varg = _mm512_mask_mov_epi32(varg, gt, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(h * W + w)), lane));
+    }
+  }
+  const float top = _mm512_reduce_max_ps(vbest);
+  const __mmask16 at = _mm512_cmp_ps_mask(vbest, _mm512_set1_ps(top), _CMP_EQ_OQ) &
+                       _mm512_cmp_epi32_mask(varg, _mm512_setzero_si512(), _MM_CMPINT_NLT);
+  if (at == 0) return;  // nothing beat the sentinel
+  best = top;
+  arg = _mm512_mask_reduce_min_epi32(at, varg);
+}
+#endif
+
+// The vector scan where it exists (fp32 planes on an AVX-512 CPU); false: scan in scalar.
+template <typename S, typename T>
+bool bin_max_fast(const S*, int64_t, const PoolBin&, T&, int32_t&) {
+  return false;
+}
+
+template <>
+bool bin_max_fast<float, float>(const float* plane, int64_t W, const PoolBin& bin, float& best, int32_t& arg) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) {
+    bin_max_avx512(plane, W, bin, best, arg);
+    return true;
+  }
+#endif
+  return false;
+}
 
 std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const at::Tensor& rois,
                                                 double spatial_scale, int64_t ph, int64_t pw) {
@@ -57,6 +108,7 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
       S* op_ = out.data_ptr<S>();
       int32_t* ap = argmax.data_ptr<int32_t>();
       const int64_t nb = ph * pw;
+
       // A task per (image, channel) plane: the plane stays in cache while every RoI of the image is
       // pooled from it (torchvision walks RoIs outermost and fetches each plane's rows again per RoI).
       at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
@@ -73,6 +125,11 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
               // torchvision's sentinel: -FLT_MAX (an all -inf bin keeps it, with argmax -1).
               T best = bin.empty ? T(0) : static_cast<T>(-FLT_MAX);
               int32_t arg = -1;
+              if (bin_max_fast(plane, W, bin, best, arg)) {
+                o[q] = static_cast<S>(best);
+                a[q] = arg;
+                continue;
+              }
               for (int64_t h = bin.hstart; h < bin.hend; ++h)
                 for (int64_t w = bin.wstart; w < bin.wend; ++w) {
                   const T v = static_cast<T>(plane[h * W + w]);

@@ -45,3 +45,15 @@ def test_cuda_kernels_registered_when_built(op):
     assert arch, "arch list missing"
     if "TORCH_CUDA_ARCH_LIST" not in os.environ:
         assert "8.0" in arch and "9.0" in arch
+
+
+def test_cpu_kernels_are_built_with_openmp():
+    """at::parallel_for is an OpenMP pragma inlined from ATen's headers: an extension compiled without
+    -fopenmp runs every CPU kernel on one thread, silently. Built with it, the library calls libgomp's
+    GOMP_parallel (and shares torch's libgomp, so torch.set_num_threads applies)."""
+    import fastseg._C as ext
+
+    with open(ext.__file__, "rb") as f:
+        assert b"GOMP_parallel" in f.read()
+    gomp = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
+    assert len({os.path.realpath(p) for p in gomp}) <= 1, f"two OpenMP runtimes loaded: {gomp}"

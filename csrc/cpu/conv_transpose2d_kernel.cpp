@@ -273,8 +273,11 @@ Route backward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
   const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force && *force) return static_cast<Route>(std::atoi(force));
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
-  // NCHW: oneDNN's NCHW backward is ~2x slower than its channels_last one on few-channel layers (FCN's
-  // 21 classes: 379 vs 181 us), far more than copying such small tensors costs.
+  // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
+  // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
+  // costs. NCHW k == s (U-Net): oneDNN's NCHW backward is the fastest there (the round trip through
+  // channels_last measured 1.3x slower on U-Net's 128 -> 64).
+  if (p.shuffle()) return Route::kOneDnn;
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 

@@ -1,22 +1,23 @@
 // CPU kernels of fastseg::roi_align, fastseg::multi_level_roi_align and their backward ops
 // (schemas: csrc/roi_align.cpp; maths: csrc/roi_align.h).
 //
-// Where torchvision's CPU kernel spends its time: it walks NCHW maps one channel at a time, so each
-// of the 4 corner reads of each sample is a scalar load from a different cache line, on one thread;
-// its backward scatters the same way, serially. Here:
-// - the maps are read channels-last (NHWC, one copy when the input is NCHW): a sample corner is then
-//   a contiguous run of C values, and the inner loop is a vectorised axpy over channels (AVX2 /
-//   AVX-512 clones picked at run time);
-// - the bilinear weights are separable: one AxisSample per (bin, sub-sample) of each axis is
-//   computed once per RoI and reused across all channels (and all x or y partners);
-// - forward runs in parallel over RoIs (each RoI writes only its own output rows);
-// - backward runs in parallel over blocks of channels: a thread owns the channels of its block in
-//   every image and level, walks all RoIs in order and accumulates into its own slice of a
-//   channels-last fp32/fp64 gradient. No two threads write the same element, nothing is atomic, and
-//   each element sums its terms in a fixed order (RoI, bin, sample, corner), so the result is
-//   bit-identical run to run whatever the thread count: the backward is always deterministic, and
-//   needs no memory beyond the gradient itself.
-// fp16/bf16 are computed in fp32 (maps converted once), fp64 in fp64.
+// Where torchvision's CPU kernel spends its time: it walks RoIs outermost and, per RoI, the NCHW maps
+// one channel at a time, so every (RoI, channel) fetches the rows it samples from memory again, on one
+// thread; its backward scatters the same way, serially. Here the bilinear weights are separable (one
+// AxisSample per (bin, sub-sample) of each axis, computed once per RoI and reused everywhere), and
+// there are two kernels, one per input layout:
+// - NCHW input (the usual case): plane by plane. A task owns one (image, channel) plane of every level,
+//   keeps it in L2 (the next one prefetched) and pools every RoI of the image from it, so the map is
+//   read from memory once and never copied. Its backward owns the gradient plane the same way: zeroed
+//   in cache, RoIs scattered in index order, written once.
+// - channels-last input: a sample corner is a contiguous run of C values and the inner loop a
+//   vectorised axpy over channels (AVX2 / AVX-512 clones picked at run time); forward parallel over
+//   RoIs, backward over (image, channel block) tasks, each owning its slice of the gradient.
+// In both backward kernels no two threads write the same element, nothing is atomic, and each element
+// sums its terms in the same fixed order (RoI, bin, sample, corner): the result is bit-identical run
+// to run whatever the thread count, and between the two kernels (tested); the backward is always the
+// deterministic one and needs no memory beyond the gradient itself.
+// fp16/bf16 are computed in fp32 (plane by plane, or maps converted once), fp64 in fp64.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -118,11 +118,18 @@ void check_common(const char* op, const std::vector<at::Tensor>& features, const
   }
 }
 
+// The sample tables of every RoI (rois [K, 5], levels [K] or undefined), in compute type T; checks the
+// batch indices and levels.
 template <typename T>
-std::vector<RoiPlan<T>> plan_rois(const char* op, const T* r, const int64_t* lv, int64_t K,
+std::vector<RoiPlan<T>> plan_rois(const char* op, const at::Tensor& rois, const at::Tensor& levels,
                                   const Levels<T>& L, int64_t batch, int64_t ph, int64_t pw,
                                   int64_t sr, bool aligned, std::vector<AxisSample<T>>& ys,
                                   std::vector<AxisSample<T>>& xs) {
+  const at::Tensor rt = rois.to(c10::CppTypeToScalarType<T>::value).contiguous();
+  const at::Tensor lt = levels.defined() ? levels.to(at::kLong).contiguous() : at::Tensor();
+  const T* r = rt.data_ptr<T>();
+  const int64_t* lv = lt.defined() ? lt.data_ptr<int64_t>() : nullptr;
+  const int64_t K = rois.size(0);
   std::vector<RoiPlan<T>> plans(K);
   int64_t ny = 0, nx = 0;
   const int64_t n_levels = static_cast<int64_t>(L.data.size());
@@ -248,7 +255,6 @@ void transpose(const S* src, D* dst, int64_t batches, int64_t R, int64_t Q) {
     }
   });
 }
-
 
 // A [B, C, ...] tensor as [B, rest..., C] contiguous in type t (a map NCHW -> NHWC, or a gradient
 // [K, C, ph, pw] -> [K, ph, pw, C]). No copy when it already is one.
@@ -406,8 +412,9 @@ const T* plane_as(const S* src, int64_t size, std::vector<T>& buf) {
   }
 }
 
-// The x samples as arrays, for vector gathers: the cells and weights of each sample; a sample outside
-// the map reads cell 0 with weight 0 (a zero sample, as in torchvision's pre_calc table).
+// The x samples as arrays, so that a sample row is one flat loop: the cells and weights of each sample;
+// a sample outside the map reads cell 0 with weight 0 (a zero sample, as in torchvision's pre_calc
+// table).
 template <typename T>
 struct XTable {
   std::vector<int32_t> lo, hi;
@@ -430,19 +437,25 @@ XTable<T> x_table(const std::vector<AxisSample<T>>& xs) {
 // The n samples of one sample row (y fixed: rows lo and hi of a plane, weights ylw and yhw), with the
 // weights and sums formed as bilinear_weights and torchvision form them:
 // v[s] = ((w1 * lo[xl] + w2 * lo[xh]) + w3 * hi[xl]) + w4 * hi[xh].
+// noinline: a separate function with restrict pointers vectorises on its own; inlined into pool_plane
+// it measured 5-10% slower (1,000 RoIs on a 2x256x200x272 map: 157 vs 142 ms on one thread).
 template <typename T>
-void row_samples_scalar(const T* __restrict lo, const T* __restrict hi, const int32_t* __restrict xl,
-                        const int32_t* __restrict xh, const T* __restrict xlw, const T* __restrict xhw,
-                        T ylw, T yhw, int64_t n, T* __restrict v) {
+__attribute__((noinline)) void row_samples(const T* __restrict lo, const T* __restrict hi,
+                                           const int32_t* __restrict xl, const int32_t* __restrict xh,
+                                           const T* __restrict xlw, const T* __restrict xhw, T ylw, T yhw,
+                                           int64_t n, T* __restrict v) {
   for (int64_t s = 0; s < n; ++s)
     v[s] = (ylw * xlw[s]) * lo[xl[s]] + (ylw * xhw[s]) * lo[xh[s]] + (yhw * xlw[s]) * hi[xl[s]] +
            (yhw * xhw[s]) * hi[xh[s]];
 }
 
+// The bilinear value of sample (Y, X) on a plane of row stride W (both valid), in torchvision's order.
 template <typename T>
-void row_samples(const T* lo, const T* hi, const int32_t* xl, const int32_t* xh, const T* xlw,
-                 const T* xhw, T ylw, T yhw, int64_t n, T* v) {
-  row_samples_scalar<T>(lo, hi, xl, xh, xlw, xhw, ylw, yhw, n, v);
+inline T plane_sample(const T* plane, int64_t W, const AxisSample<T>& Y, const AxisSample<T>& X) {
+  const Weights4<T> w = bilinear_weights(Y, X);
+  const T* lo = plane + Y.lo * W;
+  const T* hi = plane + Y.hi * W;
+  return w.w1 * lo[X.lo] + w.w2 * lo[X.hi] + w.w3 * hi[X.lo] + w.w4 * hi[X.hi];
 }
 
 // The ph x pw outputs of RoI p on one plane (row stride W), into o. `v` and `acc` are scratch.
@@ -474,16 +487,11 @@ void pool_plane(const T* plane, int64_t W, const RoiPlan<T>& p, const AxisSample
       bool sampled = false;
       for (int32_t sy = 0; sy < p.gh; ++sy) {
         const AxisSample<T>& Y = ys[p.y_off + i * p.gh + sy];
-        const T* lo = plane + Y.lo * W;
-        const T* hi = plane + Y.hi * W;
         for (int32_t sx = 0; sx < p.gw; ++sx) {
           const AxisSample<T>& X = xs[p.x_off + j * p.gw + sx];
           sampled = true;
-          T val = T(0);  // a zero sample outside the map
-          if (Y.valid && X.valid) {
-            const Weights4<T> w = bilinear_weights(Y, X);
-            val = w.w1 * lo[X.lo] + w.w2 * lo[X.hi] + w.w3 * hi[X.lo] + w.w4 * hi[X.hi];
-          }
+          // a zero sample outside the map
+          const T val = Y.valid && X.valid ? plane_sample(plane, W, Y, X) : T(0);
           best = val > best ? val : best;
         }
       }
@@ -507,16 +515,9 @@ void scatter_plane(T* acc, const T* plane, int64_t W, const RoiPlan<T>& p, const
           const AxisSample<T>& Y = ys[p.y_off + i * p.gh + sy];
           for (int32_t sx = 0; sx < p.gw; ++sx) {
             const AxisSample<T>& X = xs[p.x_off + j * p.gw + sx];
-            T v = T(0);
-            int32_t s = -1;
-            if (Y.valid && X.valid) {
-              const Weights4<T> w = bilinear_weights(Y, X);
-              const T* lo = plane + Y.lo * W;
-              const T* hi = plane + Y.hi * W;
-              v = w.w1 * lo[X.lo] + w.w2 * lo[X.hi] + w.w3 * hi[X.lo] + w.w4 * hi[X.hi];
-              s = sy * p.gw + sx;
-            }
-            if (v > best) best = v, arg = s;
+            const bool inside = Y.valid && X.valid;
+            const T v = inside ? plane_sample(plane, W, Y, X) : T(0);
+            if (v > best) best = v, arg = inside ? sy * p.gw + sx : -1;
           }
         }
         if (arg < 0) continue;
@@ -632,15 +633,12 @@ at::Tensor multi_level_roi_align_cpu_impl(const char* op, const std::vector<at::
   at::Tensor out = at::empty({K, C, ph, pw}, f0.options());
   if (K == 0 || C == 0) return out;
   const at::ScalarType ct = compute_type(f0.scalar_type());
-  const at::Tensor lv = levels.defined() ? levels.to(at::kLong).contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(ct, "roi_align_cpu", [&] {
     using T = scalar_t;
-    const at::Tensor r = rois.to(ct).contiguous();
     std::vector<AxisSample<T>> ys, xs;
     // Plan first (it checks batch indices and levels), then convert the maps.
     const Levels<T> shapes = level_shapes<T>(features, scales);
-    const auto plans = plan_rois<T>(op, r.data_ptr<T>(), lv.defined() ? lv.data_ptr<int64_t>() : nullptr,
-                                    K, shapes, batch, ph, pw, sampling_ratio, aligned, ys, xs);
+    const auto plans = plan_rois<T>(op, rois, levels, shapes, batch, ph, pw, sampling_ratio, aligned, ys, xs);
     if (use_planes(features)) {
       std::vector<at::Tensor> maps;
       for (const auto& f : features) maps.push_back(f.contiguous());
@@ -767,14 +765,11 @@ std::vector<at::Tensor> plane_backward_impl(const char* op, const at::Tensor& gr
     for (auto& o : out) o.zero_();
     return out;
   }
-  const at::Tensor lv = levels.defined() ? levels.to(at::kLong).contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(ct, "roi_align_backward_cpu_planes", [&] {
     using T = scalar_t;
-    const at::Tensor r = rois.to(ct).contiguous();
     const Levels<T> L = level_shapes<T>(features, scales);
     std::vector<AxisSample<T>> ys, xs;
-    const auto plans = plan_rois<T>(op, r.data_ptr<T>(), lv.defined() ? lv.data_ptr<int64_t>() : nullptr,
-                                    K, L, batch, ph, pw, sampling_ratio, aligned, ys, xs);
+    const auto plans = plan_rois<T>(op, rois, levels, L, batch, ph, pw, sampling_ratio, aligned, ys, xs);
     const at::Tensor g = grad.to(ct).contiguous();  // [K, C, ph, pw]
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f0.scalar_type(), "roi_align_bwd_planes", [&] {
       using S = scalar_t;
@@ -807,14 +802,11 @@ std::vector<at::Tensor> multi_level_roi_align_backward_cpu_impl(
   for (const auto& f : features)
     acc.push_back(parallel_zeros({f.size(0), f.size(2), f.size(3), f.size(1)}, f.options().dtype(ct)));
   if (K > 0 && C > 0) {
-    const at::Tensor lv = levels.defined() ? levels.to(at::kLong).contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(ct, "roi_align_backward_cpu", [&] {
       using T = scalar_t;
-      const at::Tensor r = rois.to(ct).contiguous();
       const Levels<T> L = max_mode ? load_levels<T>(features, scales, ct) : level_shapes<T>(features, scales);
       std::vector<AxisSample<T>> ys, xs;
-      const auto plans = plan_rois<T>(op, r.data_ptr<T>(), lv.defined() ? lv.data_ptr<int64_t>() : nullptr,
-                                      K, L, batch, ph, pw, sampling_ratio, aligned, ys, xs);
+      const auto plans = plan_rois<T>(op, rois, levels, L, batch, ph, pw, sampling_ratio, aligned, ys, xs);
       // grad as [K, ph, pw, C]: the channels of a bin contiguous.
       const at::Tensor g = channels_last_as(grad, ct);
       std::vector<T*> gp;

@@ -49,6 +49,19 @@ __attribute__((target("avx512f"))) void bin_max_avx512(const float* plane, int64
 }
 #endif
 
+// The RoIs of each of the N images, in index order; checks the batch indices (column 0 of rois [K, 5]).
+template <typename T>
+std::vector<std::vector<int64_t>> rois_by_image(const char* op, const T* rp, int64_t K, int64_t N) {
+  std::vector<std::vector<int64_t>> by_image(N);
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t n = static_cast<int64_t>(rp[5 * k]);
+    TORCH_CHECK(n >= 0 && n < N, op, ": rois[", k, ", 0] is batch index ", n, ", out of range for a batch of ",
+                N, " images");
+    by_image[n].push_back(k);
+  }
+  return by_image;
+}
+
 // The vector scan where it exists (fp32 planes on an AVX-512 CPU); false: scan in scalar.
 template <typename S, typename T>
 bool bin_max_fast(const S*, int64_t, const PoolBin&, T&, int32_t&) {
@@ -84,12 +97,8 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
   AT_DISPATCH_FLOATING_TYPES(ct, "roi_pool_cpu", [&] {
     using T = scalar_t;
     const T* rp = r.data_ptr<T>();
-    for (int64_t k = 0; k < K; ++k) {
-      const int64_t n = static_cast<int64_t>(rp[5 * k]);
-      TORCH_CHECK(n >= 0 && n < N, op, ": rois[", k, ", 0] is batch index ", n,
-                  ", out of range for a batch of ", N, " images");
-    }
-    // The bins of every RoI, once; the RoIs of each image, in index order.
+    const auto by_image = rois_by_image(op, rp, K, N);
+    // The bins of every RoI, once.
     std::vector<PoolBin> all(K * ph * pw);
     const T scale = static_cast<T>(spatial_scale);
     at::parallel_for(0, K, 64, [&](int64_t begin, int64_t end) {
@@ -100,8 +109,6 @@ std::tuple<at::Tensor, at::Tensor> roi_pool_cpu(const at::Tensor& input, const a
             all[(k * ph + i) * pw + j] = roi_pool_bin<T>(b[1], b[2], b[3], b[4], scale, i, j, ph, pw, H, W);
       }
     });
-    std::vector<std::vector<int64_t>> by_image(N);
-    for (int64_t k = 0; k < K; ++k) by_image[static_cast<int64_t>(rp[5 * k])].push_back(k);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_pool_cpu_in", [&] {
       using S = scalar_t;
       const S* xp = x.data_ptr<S>();
@@ -169,13 +176,7 @@ at::Tensor roi_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& input
     AT_DISPATCH_FLOATING_TYPES(ct, "roi_pool_backward_cpu", [&] {
       using T = scalar_t;
       const T* rp = r.data_ptr<T>();
-      std::vector<std::vector<int64_t>> by_image(N);
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t n = static_cast<int64_t>(rp[5 * k]);
-        TORCH_CHECK(n >= 0 && n < N, op, ": rois[", k, ", 0] is batch index ", n,
-                    ", out of range for a batch of ", N, " images");
-        by_image[n].push_back(k);
-      }
+      const auto by_image = rois_by_image(op, rp, K, N);
       const T* gp = g.data_ptr<T>();
       const int32_t* ap = a.data_ptr<int32_t>();
       T* out = acc.data_ptr<T>();

@@ -61,6 +61,23 @@ inline ConvT2dParams check_conv_transpose2d(const char* op, const at::Tensor& in
   return p;
 }
 
+// The backward ops' checks (CPU and CUDA): the forward's, and grad_output shaped like the output, with
+// the input's dtype and device.
+inline ConvT2dParams check_conv_transpose2d_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                                     const at::Tensor& weight, at::IntArrayRef stride,
+                                                     at::IntArrayRef padding, at::IntArrayRef output_padding,
+                                                     int64_t groups, at::IntArrayRef dilation) {
+  const ConvT2dParams p = check_conv_transpose2d("conv_transpose2d_backward", input, weight, stride, padding,
+                                                 output_padding, groups, dilation);
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.n && grad_output.size(1) == p.cout &&
+                  grad_output.size(2) == p.ho && grad_output.size(3) == p.wo,
+              "conv_transpose2d_backward: grad_output must have shape [", p.n, ", ", p.cout, ", ", p.ho, ", ", p.wo,
+              "], got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && grad_output.device() == input.device(),
+              "conv_transpose2d_backward: grad_output must have the dtype and device of input");
+  return p;
+}
+
 inline void check_bias(const char* op, const at::Tensor& bias, const at::Tensor& input, int64_t cout) {
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == cout, op, ": bias must have shape [", cout, "], got ",
               bias.sizes());

@@ -315,14 +315,8 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
-  const ConvT2dParams p = check_conv_transpose2d("conv_transpose2d_backward", input, weight, stride, padding,
-                                                 output_padding, groups, dilation);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.n && grad_output.size(1) == p.cout &&
-                  grad_output.size(2) == p.ho && grad_output.size(3) == p.wo,
-              "conv_transpose2d_backward: grad_output must have shape [", p.n, ", ", p.cout, ", ", p.ho, ", ", p.wo,
-              "], got ", grad_output.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type(),
-              "conv_transpose2d_backward: grad_output must have the dtype of input");
+  const ConvT2dParams p = check_conv_transpose2d_backward(grad_output, input, weight, stride, padding,
+                                                          output_padding, groups, dilation);
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
   if (p.n == 0)
     return {at::empty_like(input), at::zeros_like(weight), at::zeros({p.cout}, input.options())};

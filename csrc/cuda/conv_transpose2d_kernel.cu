@@ -169,14 +169,8 @@ at::Tensor conv_transpose2d_cuda(const at::Tensor& input, const at::Tensor& weig
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
-  const ConvT2dParams p = check_conv_transpose2d("conv_transpose2d_backward", input, weight, stride, padding,
-                                                 output_padding, groups, dilation);
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == p.n && grad_output.size(1) == p.cout &&
-                  grad_output.size(2) == p.ho && grad_output.size(3) == p.wo,
-              "conv_transpose2d_backward: grad_output must have shape [", p.n, ", ", p.cout, ", ", p.ho, ", ", p.wo,
-              "], got ", grad_output.sizes());
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && grad_output.device() == input.device(),
-              "conv_transpose2d_backward: grad_output must have the dtype and device of input");
+  const ConvT2dParams p = check_conv_transpose2d_backward(grad_output, input, weight, stride, padding,
+                                                          output_padding, groups, dilation);
   const at::cuda::CUDAGuard guard(input.device());
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
   if (p.n == 0)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fastseg import _extension, backend, reference
+from fastseg.ops._checks import number
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _REDUCTION_NAMES = {v: k for k, v in _REDUCTIONS.items()}
@@ -77,27 +78,16 @@ SIGMOID_FOCAL_LOSS_WITH_LABELS_IMPLS = backend.register("sigmoid_focal_loss_with
 # --------------------------------------------------------------------------------------------------
 # checks
 # --------------------------------------------------------------------------------------------------
-def _number(op, name, value) -> float:
-    if isinstance(value, Tensor) and value.numel() == 1 and value.device.type == "cpu":
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{op}: {name} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{op}: {name} must be a number, got nan")
-    return value
-
-
 def _check_common(op, inputs, name, alpha, gamma, reduction):
     if not isinstance(inputs, Tensor):
         raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(inputs).__name__}")
     if not inputs.is_floating_point():
         raise ValueError(f"{op}: {name} must be a floating-point tensor, got {inputs.dtype}")
-    alpha = _number(op, "alpha", alpha)
+    alpha = number(op, "alpha", alpha)
     # torchvision's rule: alpha in [0, 1], or -1 to switch the alpha term off.
     if not (0 <= alpha <= 1) and alpha != -1:
         raise ValueError(f"{op}: Invalid alpha value: {alpha}. alpha must be in the range [0,1] or -1 for ignore.")
-    gamma = _number(op, "gamma", gamma)
+    gamma = number(op, "gamma", gamma)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: Invalid Value for arg 'reduction': '{reduction}'; "
                          "supported reduction modes: 'none', 'mean', 'sum'")
@@ -183,7 +173,7 @@ def sigmoid_focal_loss_with_labels(logits: Tensor, labels: Tensor, alpha: float 
                 raise ValueError(f"{op}: normalizer must be on the device of logits ({logits.device}) or the "
                                  f"CPU, got {normalizer.device}")
         else:
-            normalizer = _number(op, "normalizer", normalizer)
+            normalizer = number(op, "normalizer", normalizer)
     _, impl = backend.select(op, logits.device, SIGMOID_FOCAL_LOSS_WITH_LABELS_IMPLS)
     return impl(logits, labels, alpha, gamma, normalizer, int(ignore_index), reduction)
 

@@ -4,13 +4,12 @@ Backends: native (csrc/cpu/soft_nms_kernel.cpp, csrc/cuda/soft_nms_kernel.cu), t
 (kernels/soft_nms.py), torch (fastseg/reference/soft_nms.py, the definition). All return the same
 indices in the same order; the decayed scores agree to rounding.
 """
-import math
-import numbers
 
 import torch
 from torch import Tensor
 
 from fastseg import _extension, backend, reference
+from fastseg.ops._checks import number
 from fastseg.ops.nms import check_boxes_and_scores
 
 METHOD_CODES = {"naive": 0, "hard": 0, "linear": 1, "gaussian": 2}
@@ -54,27 +53,16 @@ BATCHED_SOFT_NMS_IMPLS = backend.register("batched_soft_nms", {
     "native": _native_batched, "triton": _triton_batched, "torch": _ref_batched})
 
 
-def _number(op, name, value) -> float:
-    if isinstance(value, Tensor) and value.numel() == 1 and value.device.type == "cpu":
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{op}: {name} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value):
-        raise ValueError(f"{op}: {name} must be a number, got nan")
-    return value
-
-
 def _check(op, boxes, scores, iou_threshold, sigma, score_threshold, method, idxs=None):
     def fail(msg):
         raise ValueError(f"{op}: {msg}")
 
     check_boxes_and_scores(op, boxes, scores, idxs)
-    iou_threshold = _number(op, "iou_threshold", iou_threshold)
+    iou_threshold = number(op, "iou_threshold", iou_threshold)
     if iou_threshold < 0:
         fail(f"iou_threshold must be a number >= 0, got {iou_threshold}")
-    sigma = _number(op, "sigma", sigma)
-    score_threshold = _number(op, "score_threshold", score_threshold)
+    sigma = number(op, "sigma", sigma)
+    score_threshold = number(op, "score_threshold", score_threshold)
     if method not in METHOD_CODES:
         fail(f"method must be one of 'gaussian', 'linear', 'naive' (or 'hard'), got {method!r}")
     if METHOD_CODES[method] == 2 and not sigma > 0:

@@ -1,6 +1,6 @@
 // Schemas of the transposed 2-D convolution. Kernels: cpu/conv_transpose2d_kernel.cpp,
-// cuda/conv_transpose2d_kernel.cu; fake kernels and autograd are registered from Python
-// (fastseg/ops/conv_transpose2d.py).
+// cuda/conv_transpose2d_kernel.cu; autograd: conv_transpose2d_autograd.cpp; fake kernels are registered
+// from Python (fastseg/ops/conv_transpose2d.py).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(fastseg, m) {

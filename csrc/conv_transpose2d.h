@@ -38,6 +38,8 @@ inline ConvT2dParams check_conv_transpose2d(const char* op, const at::Tensor& in
               ": input channels must be a positive multiple of groups (", groups, "), got ", input.size(1));
   TORCH_CHECK(weight.size(0) == input.size(1), op, ": weight.size(0) must equal the input channels (",
               input.size(1), "), got weight of shape ", weight.sizes());
+  TORCH_CHECK(weight.size(1) > 0 && weight.size(2) > 0 && weight.size(3) > 0, op,
+              ": weight must have non-empty output-channel and kernel dimensions, got shape ", weight.sizes());
   for (int i = 0; i < 2; ++i) {
     TORCH_CHECK(stride[i] >= 1, op, ": stride must be >= 1, got ", stride);
     TORCH_CHECK(dilation[i] >= 1, op, ": dilation must be >= 1, got ", dilation);

@@ -261,17 +261,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   oneDNN (at::convolution_backward).
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast };
 
+// A route forced by an environment variable (read once: getenv on every call measured in the per-call
+// overhead of the small FCN layers), or -1.
+int forced_route(const char* name) {
+  const char* force = std::getenv(name);
+  return force && *force ? std::atoi(force) : -1;
+}
+
 Route forward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
-  const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
-  if (force && *force) return static_cast<Route>(std::atoi(force));
+  static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
+  if (force >= 0) return static_cast<Route>(force);
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
   if (p.shuffle()) return Route::kShuffle;  // the fused k2 s2 kernel where it fits, else GEMM + scatter
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
 Route backward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
-  const char* force = std::getenv("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
-  if (force && *force) return static_cast<Route>(std::atoi(force));
+  static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
+  if (force >= 0) return static_cast<Route>(force);
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors

@@ -17,17 +17,9 @@ ACTIVATIONS = (None, "relu")
 
 
 def _native(input, weight, bias, stride, padding, output_padding, groups, dilation, activation):
-    args = (input, weight, bias, stride, padding, output_padding, groups, dilation, activation == "relu")
-    if not _needs_grad(input, weight, bias) and not torch.compiler.is_compiling():
-        # Nothing to differentiate: skip the Python autograd layer of the custom op (~25 us a call,
-        # a fifth of the smallest FCN layer).
-        with torch._C._AutoDispatchBelowAutograd():
-            return torch.ops.fastseg.conv_transpose2d(*args)
-    return torch.ops.fastseg.conv_transpose2d(*args)
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    # Autograd of the native op is registered in C++ (csrc/conv_transpose2d_autograd.cpp).
+    return torch.ops.fastseg.conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
+                                              dilation, activation == "relu")
 
 
 def _triton(input, weight, bias, stride, padding, output_padding, groups, dilation, activation):
@@ -138,6 +130,18 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
         >>> fastseg.ops.conv_transpose2d(x, torch.randn(8, 4, 2, 2), stride=2).shape
         torch.Size([1, 4, 32, 32])
     """
+    if isinstance(input, Tensor) and input.dim() == 4 and activation in ACTIVATIONS:
+        name, impl = backend.select("conv_transpose2d", input.device, CONV_TRANSPOSE2D_IMPLS)
+        if name == "native":
+            # The native kernels check every argument themselves (csrc/conv_transpose2d.h); the Python
+            # checks cost ~5 us, which measured ~15 us a call right after a parallel kernel, a tenth of
+            # FCN's smallest layer. They run only to word the error when the kernel refuses the call.
+            try:
+                return _native(input, weight, bias, stride, padding, output_padding, groups, dilation, activation)
+            except (RuntimeError, TypeError):
+                _check("conv_transpose2d", input, weight, bias, stride, padding, output_padding, groups, dilation,
+                       activation)
+                raise
     stride, padding, output_padding, groups, dilation = _check(
         "conv_transpose2d", input, weight, bias, stride, padding, output_padding, groups, dilation, activation)
     _, impl = backend.select("conv_transpose2d", input.device, CONV_TRANSPOSE2D_IMPLS)
@@ -194,6 +198,3 @@ if _extension.loaded():
         return input.new_empty(shape).contiguous(memory_format=_memory_format(input, weight))
 
     torch.library.register_fake("fastseg::conv_transpose2d_backward")(fake_backward)
-    torch.library.register_autograd("fastseg::conv_transpose2d",
-                                    make_backward(torch.ops.fastseg.conv_transpose2d_backward),
-                                    setup_context=setup_context)

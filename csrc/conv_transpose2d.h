@@ -101,4 +101,15 @@ inline at::MemoryFormat conv_memory_format(const at::Tensor& input, const at::Te
 bool conv_transpose2d_k2_nchw(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                               const ConvT2dParams& p, bool relu, at::Tensor& out);
 
+// fp32 direct kernels for layers with few channels (csrc/cpu/conv_transpose2d_direct.cpp): whether a call
+// fits them (groups 1, no dilation, fp32, AVX-512), the forward into `out` (NCHW or channels_last,
+// allocated by the caller), the input gradient into `grad_input` (likewise) and the weight gradient.
+bool direct_conv_transpose2d_fits(const at::Tensor& input, const ConvT2dParams& p);
+void direct_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+                                     const ConvT2dParams& p, bool relu, at::Tensor& out);
+void direct_conv_transpose2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                        const ConvT2dParams& p, at::Tensor& grad_input);
+at::Tensor direct_conv_transpose2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                               const ConvT2dParams& p);
+
 }  // namespace fastseg

@@ -166,6 +166,51 @@ def test_native_fused_k2s2_nchw_kernel(n, cin, cout, h, w, bias, relu):
     check_close(gw, ew, torch.float32)
 
 
+@pytest.mark.parametrize("n,cin,cout,k,stride,padding,output_padding,hw", [
+    (1, 21, 21, (4, 4), 2, 1, 0, (7, 9)),                # FCN's k4 s2 p1 score upsampling
+    (2, 3, 5, (16, 16), 8, 4, 0, (4, 3)),                # FCN's k16 s8 p4
+    (2, 13, 40, (3, 3), 1, 1, 0, (5, 6)),                # two output-channel blocks, a 1-channel tail of 6
+    (1, 7, 64, (3, 4), (2, 3), (0, 2), (1, 0), (4, 5)),  # uneven stride, padding, output_padding
+    (3, 1, 2, (5, 2), (3, 1), (2, 0), (2, 0), (1, 8)),
+    (1, 4, 33, (1, 1), 1, 0, 0, (3, 3)),
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
+def test_native_direct_small_channel_kernels(n, cin, cout, k, stride, padding, output_padding, hw, channels_last,
+                                             bias, relu):
+    """The fp32 direct CPU kernels for layers with <= 64 channels (forward, input and weight gradients,
+    csrc/cpu/conv_transpose2d_direct.cpp) against fp64 PyTorch, on poisoned memory; the weight gradient
+    (one task per tap and channel block, no reduction between threads) is bitwise the same on 1 thread."""
+    x, wt, b = make(n, cin, cout, 1, *k, *hw, bias=bias, channels_last=channels_last)
+    args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=1, dilation=1)
+
+    def forward_backward():
+        xg, wg = x.clone().requires_grad_(), wt.clone().requires_grad_()
+        out = run("native", xg, wg, b, args, relu)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        return (out,) + torch.autograd.grad(out, (xg, wg), grad), grad
+
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True  # empty tensors are NaN
+    threads = torch.get_num_threads()
+    try:
+        (out, gx, gw), grad = forward_backward()
+        torch.set_num_threads(1)
+        (out1, gx1, gw1), _ = forward_backward()
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(False)
+    xr, wr = x.double().requires_grad_(), wt.double().requires_grad_()
+    ref = expected(xr, wr, b, **args, relu=relu)
+    ex, ew = torch.autograd.grad(ref, (xr, wr), grad.double())
+    check_close(out, ref.detach(), torch.float32)
+    assert out.stride() == F.conv_transpose2d(x, wt, b, **args).stride()  # PyTorch's memory format
+    check_close(gx, ex, torch.float32)
+    check_close(gw, ew, torch.float32)
+    for a, b1 in ((out, out1), (gx, gx1), (gw, gw1)):
+        assert torch.equal(a, b1)
+
+
 def test_unbatched_and_empty(backend_name):
     require_backend(backend_name, "cpu")
     x, w, b = make(1, 4, 3, 1, 3, 3, 5, 5)

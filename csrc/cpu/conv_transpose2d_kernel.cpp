@@ -259,7 +259,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   (the gather + GEMMs measured 0.6-1.0x of it once the layout copies or the NCHW gather are paid),
 //   through channels_last on few-channel layers as in the forward. Other channels_last backward:
 //   oneDNN (at::convolution_backward).
-enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast };
+enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect };
+
+constexpr int64_t kDirectMaxChannels = 64;
+
+// Layers with few enough channels for the direct kernels (conv_transpose2d_direct.cpp) to beat oneDNN.
+bool direct(const at::Tensor& input, const ConvT2dParams& p) {
+  return std::max(p.cin, p.cout) <= kDirectMaxChannels && direct_conv_transpose2d_fits(input, p);
+}
 
 // A route forced by an environment variable (read once: getenv on every call measured in the per-call
 // overhead of the small FCN layers), or -1.
@@ -268,17 +275,19 @@ int forced_route(const char* name) {
   return force && *force ? std::atoi(force) : -1;
 }
 
-Route forward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
+Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
   if (force >= 0) return static_cast<Route>(force);
+  if (p.shuffle()) return fmt == at::MemoryFormat::ChannelsLast ? Route::kOneDnn : Route::kShuffle;
+  if (direct(input, p)) return Route::kDirect;
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
-  if (p.shuffle()) return Route::kShuffle;  // the fused k2 s2 kernel where it fits, else GEMM + scatter
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
-Route backward_route(const ConvT2dParams& p, at::MemoryFormat fmt) {
+Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force >= 0) return static_cast<Route>(force);
+  if (!p.shuffle() && direct(input, p)) return Route::kDirect;
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
@@ -297,7 +306,15 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
   if (p.n == 0) return at::empty({0, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
   const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
-  switch (forward_route(p, fmt)) {
+  switch (forward_route(input, p, fmt)) {
+    case Route::kDirect:
+      if (direct_conv_transpose2d_fits(input, p)) {
+        at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
+        const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+        direct_conv_transpose2d_forward(input, weight, b, p, relu, out);
+        return out;
+      }
+      break;
     case Route::kShuffle:
       if (p.shuffle()) return shuffle_forward(input, weight, bias, p, relu, fmt);
       break;
@@ -328,7 +345,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
   if (p.n == 0)
     return {at::empty_like(input), at::zeros_like(weight), at::zeros({p.cout}, input.options())};
   const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
-  const Route route = backward_route(p, fmt);
+  const Route route = backward_route(input, p, fmt);
+  if (route == Route::kDirect && direct_conv_transpose2d_fits(input, p)) {
+    const at::Tensor g = grad_output.contiguous(cl);  // what the direct kernels read
+    at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));
+    direct_conv_transpose2d_grad_input(g, weight, p, grad_input);
+    return {grad_input, direct_conv_transpose2d_grad_weight(g, input, p), g.sum({0, 2, 3})};
+  }
   if (route == Route::kShuffle && p.shuffle()) return shuffle_backward(grad_output, input, weight, p, fmt);
   if (route == Route::kShuffleViaChannelsLast && p.shuffle()) {
     auto r = shuffle_backward(grad_output.contiguous(cl), input.contiguous(cl), weight, p, cl);

@@ -9,11 +9,12 @@
 // no zero-insertion and no col2im accumulation. The backward gathers grad_output into the same [pixel,
 // (ky, kx, co)] matrix and runs two GEMMs: grad_input = G @ W^T, grad_weight = X^T @ G.
 //
-// Every other configuration (k4 s2 p1, k3 s1, k16 s8, dilation...) goes to at::convolution /
-// at::convolution_backward, i.e. to the same oneDNN deconvolution PyTorch runs: measured in
-// benchmarks/notes/conv_transpose2d.md, oneDNN's implicit-GEMM deconvolution beat every sub-pixel
-// formulation tried here (dense conv2d of s*s phases + pixel shuffle was 1.2-4x slower), so matching
-// it is the best there is on those shapes.
+// Other kernels on layers with <= 64 channels (FCN's k4 s2 p1 and k16 s8 p4 score upsampling, fp32,
+// groups 1, no dilation): the direct AVX-512 kernels of conv_transpose2d_direct.cpp, forward and backward.
+// Everything else (wide k4 s2 / k3 s1 layers, dilation, groups, fp16/bf16) goes to at::convolution /
+// at::convolution_backward, i.e. to the same oneDNN deconvolution PyTorch runs: on wide layers it runs
+// near the FMA peak, and it beat every GEMM-based formulation tried here (dense conv2d of the s*s
+// phases + pixel shuffle was 1.2-4x slower; benchmarks/notes/conv_transpose2d.md).
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -252,9 +253,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   + scatter twice.
 // - forward, NCHW, kernel == stride: the fused k2 s2 GEMM + pixel-shuffle kernel (conv_transpose2d_k2.cpp,
 //   1.1-4.9x oneDNN), or GEMM + scatter where it does not fit.
+// - forward and backward, kernel != stride, <= 64 channels, fp32: the direct kernels (FCN 16x16 k4 s2:
+//   1.6-2x oneDNN forward, 1.7-2x forward + backward).
 // - forward, NCHW, other kernels: oneDNN's NCHW deconvolution is much slower than its channels_last one
-//   on layers with few channels (FCN's 21 classes), more than the two layout copies cost, so those run
-//   in channels_last and are copied back; wide layers run oneDNN's NCHW directly.
+//   on layers with few channels, more than the two layout copies cost, so those run in channels_last
+//   and are copied back; wide layers run oneDNN's NCHW directly.
 // - backward, kernel == stride, channels_last: our gather + two GEMMs (1.1-1.4x oneDNN). NCHW: oneDNN
 //   (the gather + GEMMs measured 0.6-1.0x of it once the layout copies or the NCHW gather are paid),
 //   through channels_last on few-channel layers as in the forward. Other channels_last backward:

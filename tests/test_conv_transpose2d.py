@@ -172,7 +172,7 @@ def test_native_fused_k2s2_nchw_kernel(n, cin, cout, h, w, bias, relu):
     (2, 13, 40, (3, 3), 1, 1, 0, (5, 6)),                # two output-channel blocks, a 1-channel tail of 6
     (1, 7, 64, (3, 4), (2, 3), (0, 2), (1, 0), (4, 5)),  # uneven stride, padding, output_padding
     (3, 1, 2, (5, 2), (3, 1), (2, 0), (2, 0), (1, 8)),
-    (1, 40, 33, (1, 1), 1, 0, 0, (3, 3)),              # two input-channel blocks for the input gradient
+    (1, 40, 33, (3, 2), 2, (1, 0), 0, (3, 4)),         # two input-channel blocks for the input gradient
 ])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])

@@ -2,5 +2,6 @@
 from fastseg.nn import init
 from fastseg.nn.conv import ConvTranspose2d
 from fastseg.nn.layers import ConvNormAct, FeaturePyramidNetwork, Normalize
+from fastseg.ops.max_unpool2d import MaxUnpool2d
 
-__all__ = ["ConvTranspose2d", "init", "ConvNormAct", "FeaturePyramidNetwork", "Normalize"]
+__all__ = ["ConvTranspose2d", "MaxUnpool2d", "init", "ConvNormAct", "FeaturePyramidNetwork", "Normalize"]

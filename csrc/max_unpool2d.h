@@ -18,6 +18,18 @@ inline void check_max_unpool2d(const at::Tensor& input, const at::Tensor& indice
               "max_unpool2d: output_size must be 2 sizes >= 0, got ", output_size);
 }
 
+// The backward's checks: grad_output [N, C, H_out, W_out] with the indices' N, C and device.
+inline void check_max_unpool2d_backward(const at::Tensor& grad_output, const at::Tensor& indices) {
+  TORCH_CHECK(grad_output.dim() == 4 && indices.dim() == 4 && grad_output.size(0) == indices.size(0) &&
+                  grad_output.size(1) == indices.size(1),
+              "max_unpool2d_backward: grad_output must be [N, C, H_out, W_out] with the N, C of indices ",
+              indices.sizes(), ", got ", grad_output.sizes());
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "max_unpool2d_backward: indices must be int64, got ",
+              indices.scalar_type());
+  TORCH_CHECK(indices.device() == grad_output.device(), "max_unpool2d_backward: indices must be on the device of ",
+              "grad_output (", grad_output.device(), "), got ", indices.device());
+}
+
 // The message for an index outside the output plane (PyTorch raises too).
 [[noreturn]] inline void bad_unpool_index(int64_t index, at::IntArrayRef output_size) {
   TORCH_CHECK(false, "max_unpool2d: indices must lie in [0, H_out * W_out) of the ", output_size[0], " x ",

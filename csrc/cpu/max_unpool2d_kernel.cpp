@@ -100,8 +100,50 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices, 
   return out;
 }
 
+// The gradient gathers: NCHW one task per plane, channels_last tasks of input pixels.
+at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices) {
+  check_max_unpool2d_backward(grad_output, indices);
+  const at::MemoryFormat fmt = indices.suggest_memory_format();
+  const at::Tensor g = grad_output.contiguous(fmt), idx = indices.contiguous(fmt);
+  at::Tensor grad_input = at::empty(indices.sizes(), grad_output.options().memory_format(fmt));
+  const int64_t n = indices.size(0), channels = indices.size(1);
+  const int64_t in_plane = indices.size(2) * indices.size(3), out_plane = g.size(2) * g.size(3);
+  BadIndex bad;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "max_unpool2d_backward_cpu", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const int64_t* ip = idx.data_ptr<int64_t>();
+    scalar_t* out = grad_input.data_ptr<scalar_t>();
+    // A row: NCHW one plane (its values read from one output plane), channels_last one pixel (its
+    // channel c read at channel c of the output pixel its index names).
+    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+    const int64_t rows = cl ? n * in_plane : n * channels, row = cl ? channels : in_plane;
+    at::parallel_for(0, rows, std::max<int64_t>(1, (4 << 10) / std::max<int64_t>(row, 1)), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const int64_t* is = ip + r * row;
+        scalar_t* o = out + r * row;
+        const scalar_t* src = cl ? gp + (r / in_plane) * out_plane * channels : gp + r * out_plane;
+        const int64_t step = cl ? channels : 1;
+        for (int64_t i = 0; i < row; ++i) {
+          const int64_t j = is[i];
+          if (j < 0 || j >= out_plane) {
+            bad.report(j);
+            o[i] = scalar_t(0);
+            continue;
+          }
+          o[i] = src[j * step + (cl ? i : 0)];
+        }
+      }
+    });
+  });
+  if (bad.seen) bad_unpool_index(bad.value, {g.size(2), g.size(3)});
+  return grad_input;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastseg, CPU, m) { m.impl("max_unpool2d", &max_unpool2d_cpu); }
+TORCH_LIBRARY_IMPL(fastseg, CPU, m) {
+  m.impl("max_unpool2d", &max_unpool2d_cpu);
+  m.impl("max_unpool2d_backward", &max_unpool2d_backward_cpu);
+}
 
 }  // namespace fastseg

@@ -1,8 +1,9 @@
 """Max unpooling (DeconvNet's "switches"), as ``torch.nn.functional.max_unpool2d``.
 
-Backends: native (csrc/cpu/max_unpool2d_kernel.cpp, csrc/cuda/max_unpool2d_kernel.cu), triton
-(kernels/max_unpool2d.py), torch (fastseg/reference/max_unpool2d.py). Differentiable in ``input``: the
-gradient of each value is the output gradient at its index (a gather, as in PyTorch).
+Backends: native (csrc/cpu/max_unpool2d_kernel.cpp, csrc/cuda/max_unpool2d_kernel.cu; autograd in
+csrc/max_unpool2d_autograd.cpp), triton (kernels/max_unpool2d.py), torch
+(fastseg/reference/max_unpool2d.py). Differentiable in ``input``: the gradient of each value is the
+output gradient at its index (a gather, as in PyTorch).
 """
 from __future__ import annotations
 
@@ -126,11 +127,6 @@ if _extension.loaded():
         return input.new_empty((input.shape[0], input.shape[1], *output_size)).contiguous(
             memory_format=suggest_memory_format(input))
 
-    def _setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1])
-
-    def _backward(ctx, grad):
-        (indices,) = ctx.saved_tensors
-        return unpool_grad(grad, indices), None, None
-
-    torch.library.register_autograd("fastseg::max_unpool2d", _backward, setup_context=_setup)
+    @torch.library.register_fake("fastseg::max_unpool2d_backward")
+    def _fake_backward(grad_output, indices):
+        return grad_output.new_empty(indices.shape).contiguous(memory_format=suggest_memory_format(indices))

@@ -152,6 +152,10 @@ def test_native_op_checks_directly():
         torch.ops.fastseg.max_unpool2d(x, idx.int(), [6, 8])
     with pytest.raises(RuntimeError, match=r"indices must lie in \[0, H_out \* W_out\) of the 2 x 2"):
         torch.ops.fastseg.max_unpool2d(x, idx, [2, 2])
+    with pytest.raises(RuntimeError, match=r"indices must lie in \[0, H_out \* W_out\) of the 2 x 2"):
+        torch.ops.fastseg.max_unpool2d_backward(torch.ones(1, 2, 2, 2), idx)
+    with pytest.raises(RuntimeError, match="grad_output must be \\[N, C, H_out, W_out\\]"):
+        torch.ops.fastseg.max_unpool2d_backward(torch.ones(1, 3, 6, 8), idx)
 
 
 def test_module_is_a_drop_in():

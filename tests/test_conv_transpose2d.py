@@ -240,10 +240,11 @@ def test_gradients_random_configs(backend_name):
 
     @settings(max_examples=15 if backend_name == "triton" else 80, deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-    @given(problem=configs(max_hw=5), relu=st.booleans())
-    def body(problem, relu):
+    @given(problem=configs(max_hw=5), relu=st.booleans(), fp32=st.booleans())
+    def body(problem, relu, fp32):
         cfg, args = problem
-        dtype = torch.float32 if backend_name == "triton" else torch.float64
+        # fp32 reaches the native direct kernels (fp64 runs oneDNN), and is the Triton interpreter's
+        dtype = torch.float32 if backend_name == "triton" or fp32 else torch.float64
         x, w, b = make(**cfg, dtype=dtype)
         leaves = [t.detach().clone().requires_grad_() for t in (x, w) + ((b,) if b is not None else ())]
         out = run(backend_name, *leaves[:2], leaves[2] if b is not None else None, args, relu)

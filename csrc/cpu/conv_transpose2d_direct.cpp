@@ -8,14 +8,14 @@
 // Forward, one output pixel: out[oy, ox, :] = bias + sum over the taps that reach it (ky = ry + s*jy,
 // kx = rx + s*jx, with ry = (oy + p) mod s and iy = (oy + p) div s - jy) and over ci of
 //     X[iy, ix, ci] * W[ci, :, ky, kx]
-// i.e. a broadcast input value times a vector of output channels. A tile is R = 6 output pixels of one
-// row and one phase (every s-th pixel: they share their taps) by 32 output channels: 12 accumulators,
-// and per (tap, ci) two weight loads, six broadcasts and twelve FMAs. No zero-insertion, no col2im, no
+// i.e. a broadcast input value times a vector of output channels. A tile is R = 8 output pixels of one
+// row and one phase (every s-th pixel: they share their taps) by 32 output channels: 16 accumulators,
+// and per (tap, ci) two weight loads, eight broadcasts and sixteen FMAs. No zero-insertion, no col2im, no
 // scatter: every output element is written once.
 // Gradient of the input, one input pixel: gI[iy, ix, :] = sum over ky, kx with oy = iy*s - p + ky inside
 // and over co of gO[oy, ox, co] * W[:, co, ky, kx]: the same tile with the roles of the channels swapped.
 // Gradient of the weight, one tap (ky, kx): gW[:, :, ky, kx] = sum over input pixels of X[pixel, ci] *
-// gO[pixel * s - p + (ky, kx), co], tiles of 6 input channels by 32 output channels.
+// gO[pixel * s - p + (ky, kx), co], tiles of 8 input channels by 32 output channels.
 // All read their broadcast operand channels_last (NCHW callers pass a channels_last copy of the small
 // input / grad_output). Pixels outside the map read a zero vector.
 // Measured in benchmarks/notes/conv_transpose2d.md.
@@ -39,7 +39,7 @@ namespace fastseg {
 #ifdef FASTSEG_DIRECT_AVX512
 namespace {
 
-constexpr int kR = 6;    // pixels per tile
+constexpr int kR = 8;    // pixels per tile (16 accumulators of the 32 AVX-512 registers)
 constexpr int kV = 32;   // channels per tile: two 16-lane vectors
 
 #define FASTSEG_AVX512 __attribute__((target("avx512f,avx512vl,fma")))
@@ -112,6 +112,8 @@ template <bool Narrow>
 void run_tile(int r, const float* const* src, const float* const* w, int64_t taps, int64_t C, const float* bias,
               bool relu, float* const* dst, __mmask16 m0, __mmask16 m1) {
   switch (r) {
+    case 8: return tile<8, Narrow>(src, w, taps, C, bias, relu, dst, m0, m1);
+    case 7: return tile<7, Narrow>(src, w, taps, C, bias, relu, dst, m0, m1);
     case 6: return tile<6, Narrow>(src, w, taps, C, bias, relu, dst, m0, m1);
     case 5: return tile<5, Narrow>(src, w, taps, C, bias, relu, dst, m0, m1);
     case 4: return tile<4, Narrow>(src, w, taps, C, bias, relu, dst, m0, m1);
@@ -159,6 +161,8 @@ template <bool Narrow>
 void run_weight_tile(int r, const float* x, const float* g, int64_t count, int64_t xstep, int64_t gstep,
                      __mmask16 m0, __mmask16 m1, __m512* acc) {
   switch (r) {
+    case 8: return weight_tile<8, Narrow>(x, g, count, xstep, gstep, m0, m1, acc);
+    case 7: return weight_tile<7, Narrow>(x, g, count, xstep, gstep, m0, m1, acc);
     case 6: return weight_tile<6, Narrow>(x, g, count, xstep, gstep, m0, m1, acc);
     case 5: return weight_tile<5, Narrow>(x, g, count, xstep, gstep, m0, m1, acc);
     case 4: return weight_tile<4, Narrow>(x, g, count, xstep, gstep, m0, m1, acc);
@@ -178,7 +182,7 @@ inline std::pair<int64_t, int64_t> tap_range(int64_t in, int64_t out, int64_t s,
 
 inline __mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? 0 : __mmask16((1u << n) - 1); }
 
-// One task of the weight gradient: tap t, input channels [ci0, ci0 + 6), output channels [co0, co0 + 32).
+// One task of the weight gradient: tap t, input channels [ci0, ci0 + 8), output channels [co0, co0 + 32).
 FASTSEG_AVX512 void weight_task(int64_t task, const float* xp, const float* gp, float* wp,
                                                     const ConvT2dParams& p) {
   const int64_t k = p.kh * p.kw, cblocks = (p.cin + kR - 1) / kR, oblocks = (p.cout + kV - 1) / kV;
@@ -213,16 +217,23 @@ FASTSEG_AVX512 void weight_task(int64_t task, const float* xp, const float* gp, 
 at::Tensor pack_weight(const at::Tensor& weight, const ConvT2dParams& p, bool over_cout) {
   const int64_t vec = over_cout ? p.cout : p.cin, other = over_cout ? p.cin : p.cout;
   const int64_t blocks = (vec + kV - 1) / kV, k = p.kh * p.kw;
-  at::Tensor packed = at::zeros({blocks, k, other, kV}, weight.options());
+  at::Tensor packed = at::empty({blocks, k, other, kV}, weight.options());
   const at::Tensor w = weight.contiguous();
   const float* src = w.data_ptr<float>();  // [cin][cout][kh][kw]
   float* dst = packed.data_ptr<float>();
-  for (int64_t ci = 0; ci < p.cin; ++ci)
-    for (int64_t co = 0; co < p.cout; ++co)
-      for (int64_t t = 0; t < k; ++t) {
-        const int64_t v = over_cout ? co : ci, o = over_cout ? ci : co;
-        dst[(((v / kV) * k + t) * other + o) * kV + v % kV] = src[(ci * p.cout + co) * k + t];
-      }
+  // Written in order, one (block, tap) panel per task: FCN's k16 layer packs 256 taps (~0.7 MB), which
+  // in source order cost ~0.2 ms of a 1.8 ms call.
+  at::parallel_for(0, blocks * k, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t bt = begin; bt < end; ++bt) {
+      const int64_t b = bt / k, t = bt % k;
+      float* d = dst + bt * other * kV;
+      for (int64_t o = 0; o < other; ++o)
+        for (int64_t l = 0; l < kV; ++l, ++d) {
+          const int64_t v = b * kV + l, ci = over_cout ? o : v, co = over_cout ? v : o;
+          *d = v < vec ? src[(ci * p.cout + co) * k + t] : 0.f;
+        }
+    }
+  });
   return packed;
 }
 
@@ -262,15 +273,16 @@ void direct_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& 
         const int64_t ox0 = ((rx - p.pw) % p.sw + p.sw) % p.sw;  // first output column of this phase
         for (int64_t oxt = ox0; oxt < p.wo; oxt += kR * p.sw) {
           const int r = static_cast<int>(std::min<int64_t>(kR, (p.wo - oxt + p.sw - 1) / p.sw));
+          const int64_t qx0 = (oxt + p.pw) / p.sw;  // (ox + pw) / s of the tile's first pixel; +1 per pixel
           int64_t taps = 0;
           for (int64_t ky = ry; ky < p.kh; ky += p.sh) {
             const int64_t iy = qy - (ky - ry) / p.sh;
             if (iy < 0 || iy >= p.h) continue;
-            for (int64_t kx = rx; kx < p.kw; kx += p.sw) {
-              const int64_t jx = (kx - rx) / p.sw;
-              for (int i = 0; i < r; ++i) {
-                const int64_t ix = (oxt + i * p.sw + p.pw) / p.sw - jx;
-                src[taps * kR + i] = ix >= 0 && ix < p.w ? xp + ((n * p.h + iy) * p.w + ix) * p.cin : zeros.data();
+            const float* xrow = xp + (n * p.h + iy) * p.w * p.cin;
+            for (int64_t kx = rx, jx = 0; kx < p.kw; kx += p.sw, ++jx) {
+              for (int i = 0; i < r; ++i) {  // pixel i of the tile reads input column qx0 + i - jx
+                const int64_t ix = qx0 + i - jx;
+                src[taps * kR + i] = ix >= 0 && ix < p.w ? xrow + ix * p.cin : zeros.data();
               }
               w[taps++] = wp + ((cb * k) + ky * p.kw + kx) * p.cin * kV;
             }
@@ -311,10 +323,11 @@ void direct_conv_transpose2d_grad_input(const at::Tensor& grad_output, const at:
         for (int64_t ky = 0; ky < p.kh; ++ky) {
           const int64_t oy = iy * p.sh - p.ph + ky;
           if (oy < 0 || oy >= p.ho) continue;
+          const float* grow = gp + (n * p.ho + oy) * p.wo * p.cout;
           for (int64_t kx = 0; kx < p.kw; ++kx) {
             for (int i = 0; i < r; ++i) {
               const int64_t ox = (ixt + i) * p.sw - p.pw + kx;
-              src[taps * kR + i] = ox >= 0 && ox < p.wo ? gp + ((n * p.ho + oy) * p.wo + ox) * p.cout : zeros.data();
+              src[taps * kR + i] = ox >= 0 && ox < p.wo ? grow + ox * p.cout : zeros.data();
             }
             w[taps++] = wp + ((cb * k) + ky * p.kw + kx) * p.cout * kV;
           }
@@ -338,7 +351,7 @@ at::Tensor direct_conv_transpose2d_grad_weight(const at::Tensor& grad_output, co
   const float* xp = x.data_ptr<float>();
   float* wp = grad_weight.data_ptr<float>();
   const int64_t k = p.kh * p.kw, cblocks = (p.cin + kR - 1) / kR, oblocks = (p.cout + kV - 1) / kV;
-  // A task owns one (tap, block of 6 input channels, block of 32 output channels) of the gradient and
+  // A task owns one (tap, block of 8 input channels, block of 32 output channels) of the gradient and
   // sums over every pixel: no reduction between threads, the result is the same for any thread count.
   at::parallel_for(0, k * cblocks * oblocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) weight_task(task, xp, gp, wp, p);

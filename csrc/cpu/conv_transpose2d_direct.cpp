@@ -30,8 +30,10 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define FASTSEG_DIRECT_AVX512 1
-// GCC 12 reports the undefined pass-through operand inside _mm512_max_ps as "may be used uninitialized".
+// GCC 12 reports the deliberately undefined operands inside _mm512_max_ps, _mm512_castps512_ps256 and
+// _mm512_zextps256_ps512 (_mm512_undefined_*) as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace fastseg {

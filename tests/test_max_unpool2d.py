@@ -196,3 +196,18 @@ def test_device(backend_name, device, channels_last):
         assert torch.equal(g, torch.ones_like(x))
         with pytest.raises((ValueError, RuntimeError), match="indices must lie in"):
             run(backend_name, x, torch.full_like(idx, 10**6), 2)
+
+
+def test_torch_compile():
+    torch._dynamo.reset()
+    x, idx = pooled(2, 3, 6, 8, 2, 2, 0)
+
+    @torch.compile
+    def f(x, idx):
+        return fastseg.ops.max_unpool2d(x, idx, 2) * 2
+
+    xg = x.clone().requires_grad_()
+    out = f(xg, idx)
+    assert torch.equal(out, F.max_unpool2d(x, idx, 2) * 2)
+    (g,) = torch.autograd.grad(out.sum(), xg)
+    assert torch.equal(g, torch.full_like(x, 2.0))

@@ -81,6 +81,10 @@ def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, paddi
         output_size: ``(H_out, W_out)`` (or with ``N, C`` in front) to pick among the sizes that pool to
             ``input``'s.
 
+    Where two indices of a plane coincide (overlapping pooling windows), the later value (in h, w order)
+    wins for NCHW CPU tensors, as in PyTorch; otherwise either may (as in PyTorch; max pooling's
+    switches only repeat an index with the same value). An index outside the output raises.
+
     Example:
         >>> x = torch.tensor([[[[1., 2., 3., 4.], [5., 6., 7., 8.]]]])
         >>> pooled, idx = torch.nn.functional.max_pool2d(x, 2, return_indices=True)

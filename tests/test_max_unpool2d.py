@@ -65,8 +65,6 @@ def test_random_configs(backend_name):
 def test_dtypes_and_poisoned_memory(backend_name, dtype, channels_last):
     """Every element written (NaN-poisoned allocations), for each dtype PyTorch unpools."""
     require_backend(backend_name, "cpu")
-    if backend_name == "triton" and dtype == torch.bfloat16:
-        pytest.skip("the Triton interpreter has no bf16; checked on the GPU (make gpu-check)")
     x, idx = pooled(2, 5, 9, 12, 2, 2, 0, channels_last, torch.float64)
     x = (x * 100).to(dtype)
     expected = F.max_unpool2d(x, idx, 2)  # (PyTorch's kernel refuses deterministic mode)
@@ -186,8 +184,6 @@ def test_opcheck_triton():
 def test_device(backend_name, device, channels_last):
     require_backend(backend_name, device)
     for dtype in (torch.float32, torch.bfloat16):
-        if backend_name == "triton" and device == "cpu" and dtype == torch.bfloat16:
-            continue  # the interpreter's bf16; run on the GPU
         x, idx = pooled(2, 16, 30, 26, 2, 2, 0, channels_last, dtype, device)
         xg = x.clone().requires_grad_()
         out = run(backend_name, xg, idx, 2)

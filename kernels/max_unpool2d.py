@@ -11,6 +11,8 @@ import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
+from fastseg.reference.max_unpool2d import check_indices
+
 __all__ = ["max_unpool2d"]
 
 BLOCK = 1024  # values per program; not tuned on a GPU yet
@@ -30,17 +32,9 @@ def _unpool_kernel(x_ptr, idx_ptr, out_ptr, total, C, H, W, sxn, sxc, sxh, sxw, 
     tl.store(out_ptr + n * son + c * soc + j * sop, v, mask=mask)
 
 
-def _check_indices(indices: torch.Tensor, output_size: list[int]) -> None:
-    plane = output_size[0] * output_size[1]
-    if indices.numel() and (indices.min() < 0 or indices.max() >= plane):
-        bad = indices[(indices < 0) | (indices >= plane)][0].item()
-        raise ValueError(f"max_unpool2d: indices must lie in [0, H_out * W_out) of the {output_size[0]} x "
-                         f"{output_size[1]} output plane, got {bad}")
-
-
 @torch.library.custom_op("fastseg_triton::max_unpool2d", mutates_args=())
 def _max_unpool2d_op(input: torch.Tensor, indices: torch.Tensor, output_size: list[int]) -> torch.Tensor:
-    _check_indices(indices, output_size)
+    check_indices(indices, output_size)
     N, C, H, W = input.shape
     out = torch.empty((N, C, *output_size), dtype=input.dtype, device=input.device,
                       memory_format=suggest_memory_format(input)).zero_()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import torch
 from torch import Tensor
 
 
@@ -17,3 +18,18 @@ def number(op: str, name: str, value) -> float:
     if math.isnan(value):
         raise ValueError(f"{op}: {name} must be a number, got nan")
     return value
+
+
+def int_pair(op: str, name: str, value, minimum: int) -> list[int]:
+    """`value` (an int, or a sequence of one or two ints) as two ints, each >= `minimum`."""
+    if type(value) is int and value >= minimum:  # the common case, without the general checks' cost
+        return [value, value]
+    vals = list(value) if isinstance(value, (tuple, list, torch.Size)) else [value]
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in vals):
+        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    vals = [int(v) for v in vals]
+    if any(v < minimum for v in vals):
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+    return vals

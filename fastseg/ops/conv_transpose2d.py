@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from fastseg import _extension, backend, reference
+from fastseg.ops._checks import int_pair
 
 ACTIVATIONS = (None, "relu")
 
@@ -35,20 +36,6 @@ def _torch(input, weight, bias, stride, padding, output_padding, groups, dilatio
 
 
 CONV_TRANSPOSE2D_IMPLS = backend.register("conv_transpose2d", {"native": _native, "triton": _triton, "torch": _torch})
-
-
-def _pair(op: str, name: str, value, minimum: int) -> list[int]:
-    if type(value) is int and value >= minimum:  # the common case, without the general checks' cost
-        return [value, value]
-    vals = list(value) if isinstance(value, (tuple, list, torch.Size)) else [value]
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in vals):
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
-    vals = [int(v) for v in vals]
-    if any(v < minimum for v in vals):
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
-    return vals
 
 
 def output_size(h: int, w: int, kernel, stride, padding, output_padding, dilation) -> tuple[int, int]:
@@ -75,10 +62,10 @@ def _check(op, input, weight, bias, stride, padding, output_padding, groups, dil
         fail(f"weight must have the dtype of input ({input.dtype}), got {weight.dtype}")
     if weight.device != input.device:
         fail(f"weight must be on the device of input ({input.device}), got {weight.device}")
-    stride = _pair(op, "stride", stride, 1)
-    padding = _pair(op, "padding", padding, 0)
-    output_padding = _pair(op, "output_padding", output_padding, 0)
-    dilation = _pair(op, "dilation", dilation, 1)
+    stride = int_pair(op, "stride", stride, 1)
+    padding = int_pair(op, "padding", padding, 0)
+    output_padding = int_pair(op, "output_padding", output_padding, 0)
+    dilation = int_pair(op, "dilation", dilation, 1)
     if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
         fail(f"groups must be an int >= 1, got {groups!r}")
     groups = int(groups)

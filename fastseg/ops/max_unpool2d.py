@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch._prims_common import suggest_memory_format
 
 from fastseg import _extension, backend, reference
+from fastseg.ops._checks import int_pair
 
 
 def _native(input, indices, output_size):
@@ -30,20 +31,11 @@ MAX_UNPOOL2D_IMPLS = backend.register("max_unpool2d", {"native": _native, "trito
                                                        "torch": reference.max_unpool2d})
 
 
-def _pair(name: str, value, minimum: int) -> tuple[int, int]:
-    vals = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,)
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < minimum for v in vals):
-        raise ValueError(f"max_unpool2d: {name} must be an int >= {minimum} or a pair of them, got {value!r}")
-    return int(vals[0]), int(vals[1])
-
-
 def output_size_of(input_hw, kernel_size, stride=None, padding=0, output_size=None) -> list[int]:
     """The output height and width of ``F.max_unpool2d`` (same rule and range check)."""
-    kernel = _pair("kernel_size", kernel_size, 1)
-    stride = kernel if stride is None else _pair("stride", stride, 1)
-    padding = _pair("padding", padding, 0)
+    kernel = int_pair("max_unpool2d", "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else int_pair("max_unpool2d", "stride", stride, 1)
+    padding = int_pair("max_unpool2d", "padding", padding, 0)
     default = [(n - 1) * s + k - 2 * p for n, s, k, p in zip(input_hw, stride, kernel, padding)]
     if output_size is None:
         if min(default) < 0:

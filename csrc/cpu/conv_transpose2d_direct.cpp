@@ -46,6 +46,9 @@ constexpr int kV = 32;   // channels per tile: two 16-lane vectors
 
 #define FASTSEG_AVX512 __attribute__((target("avx512f,avx512vl,fma")))
 
+// The mask of the first n (clamped to 0..16) lanes of a vector.
+inline __mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? 0 : __mmask16((1u << n) - 1); }
+
 // Channels 16..31 of a tile: a 512-bit vector, or a 256-bit one (channels 16..23) when the block has at
 // most 24 channels. On Zen 4 a 256-bit FMA costs half a 512-bit one, so FCN's 21 classes cost 1.5
 // FMAs a step instead of 2.
@@ -125,10 +128,13 @@ void run_tile(int r, const float* const* src, const float* const* w, int64_t tap
   }
 }
 
-// `channels` (<= 32) valid lanes of a tile: the 256-bit variant when they fit in 24.
+// A block of at most this many channels takes the 256-bit variant (Hi<true>).
+constexpr int64_t kNarrowChannels = 24;
+
+// `channels` (<= 32) valid lanes of a tile.
 void run_tile(int r, int64_t channels, const float* const* src, const float* const* w, int64_t taps, int64_t C,
               const float* bias, bool relu, float* const* dst, __mmask16 m0, __mmask16 m1) {
-  if (channels <= 24)
+  if (channels <= kNarrowChannels)
     run_tile<true>(r, src, w, taps, C, bias, relu, dst, m0, m1);
   else
     run_tile<false>(r, src, w, taps, C, bias, relu, dst, m0, m1);
@@ -174,6 +180,16 @@ void run_weight_tile(int r, const float* x, const float* g, int64_t count, int64
   }
 }
 
+// `channels` (<= 32) valid lanes of the tile, as run_tile.
+void run_weight_tile(int r, int64_t channels, const float* x, const float* g, int64_t count, int64_t xstep,
+                     int64_t gstep, __m512* acc) {
+  const __mmask16 m0 = lanes(channels), m1 = lanes(channels - 16);
+  if (channels <= kNarrowChannels)
+    run_weight_tile<true>(r, x, g, count, xstep, gstep, m0, m1, acc);
+  else
+    run_weight_tile<false>(r, x, g, count, xstep, gstep, m0, m1, acc);
+}
+
 // [lo, hi): the input indices i whose output index i * s - p + t lies in [0, out).
 inline std::pair<int64_t, int64_t> tap_range(int64_t in, int64_t out, int64_t s, int64_t p, int64_t t) {
   const int64_t lo = p - t <= 0 ? 0 : (p - t + s - 1) / s;
@@ -182,11 +198,9 @@ inline std::pair<int64_t, int64_t> tap_range(int64_t in, int64_t out, int64_t s,
   return {lo, std::max(lo, hi)};
 }
 
-inline __mmask16 lanes(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? 0 : __mmask16((1u << n) - 1); }
 
 // One task of the weight gradient: tap t, input channels [ci0, ci0 + 8), output channels [co0, co0 + 32).
-FASTSEG_AVX512 void weight_task(int64_t task, const float* xp, const float* gp, float* wp,
-                                                    const ConvT2dParams& p) {
+FASTSEG_AVX512 void weight_task(int64_t task, const float* xp, const float* gp, float* wp, const ConvT2dParams& p) {
   const int64_t k = p.kh * p.kw, cblocks = (p.cin + kR - 1) / kR, oblocks = (p.cout + kV - 1) / kV;
   const int64_t ob = task % oblocks, cb = (task / oblocks) % cblocks, t = task / (oblocks * cblocks);
   const int64_t ky = t / p.kw, kx = t % p.kw, ci0 = cb * kR, co0 = ob * kV;
@@ -199,12 +213,8 @@ FASTSEG_AVX512 void weight_task(int64_t task, const float* xp, const float* gp, 
   for (int64_t n = 0; n < p.n; ++n)
     for (int64_t iy = iy0; iy < iy1; ++iy) {
       const int64_t oy = iy * p.sh - p.ph + ky, ox = ix0 * p.sw - p.pw + kx;
-      const float* x = xp + ((n * p.h + iy) * p.w + ix0) * p.cin + ci0;
-      const float* g = gp + ((n * p.ho + oy) * p.wo + ox) * p.cout + co0;
-      if (nc <= 24)  // the 256-bit variant, as in run_tile
-        run_weight_tile<true>(r, x, g, ix1 - ix0, p.cin, p.sw * p.cout, lanes(nc), lanes(nc - 16), acc);
-      else
-        run_weight_tile<false>(r, x, g, ix1 - ix0, p.cin, p.sw * p.cout, lanes(nc), lanes(nc - 16), acc);
+      run_weight_tile(r, nc, xp + ((n * p.h + iy) * p.w + ix0) * p.cin + ci0,
+                      gp + ((n * p.ho + oy) * p.wo + ox) * p.cout + co0, ix1 - ix0, p.cin, p.sw * p.cout, acc);
     }
   float lane[kV];
   for (int i = 0; i < r; ++i) {
@@ -223,8 +233,8 @@ at::Tensor pack_weight(const at::Tensor& weight, const ConvT2dParams& p, bool ov
   const at::Tensor w = weight.contiguous();
   const float* src = w.data_ptr<float>();  // [cin][cout][kh][kw]
   float* dst = packed.data_ptr<float>();
-  // Written in order, one (block, tap) panel per task: FCN's k16 layer packs 256 taps (~0.7 MB), which
-  // in source order cost ~0.2 ms of a 1.8 ms call.
+  // Written in order, one (block, tap) panel per task, in parallel: FCN's k16 layer packs 256 taps
+  // (~0.7 MB) on every call (`perf`: 3.5% of its forward).
   at::parallel_for(0, blocks * k, 8, [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / k, t = bt % k;

@@ -1,7 +1,10 @@
 """conv_transpose2d: every backend against torch.nn.functional.conv_transpose2d, forward and backward;
 fastseg.nn.ConvTranspose2d against torch.nn.ConvTranspose2d; fastseg.nn.init.bilinear_."""
 import math
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -460,6 +463,129 @@ def test_bilinear_init_depthwise_and_known_values():
 
 
 # -- registration and the GPU -----------------------------------------------------------------------
+
+# -- the native CPU path's packed-weight cache (csrc/cpu/packed_weights.cpp) ----------------------------
+
+# More than 64 channels and kernel != stride: oneDNN's deconvolution, whose packed weight is cached. The
+# 590 KB weight spans three of the comparison's 256 KB chunks.
+WIDE = dict(n=2, cin=128, cout_g=128, groups=1, kh=3, kw=3, h=4, w=5)
+WIDE_ARGS = dict(stride=2, padding=1, output_padding=1, groups=1, dilation=1)
+
+
+@pytest.fixture
+def weight_cache():
+    require_backend("native", "cpu")
+    fastseg.ops.clear_weight_cache()
+    yield torch.ops.fastseg.weight_cache_entries
+    fastseg.ops.clear_weight_cache()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
+def test_weight_cache_packs_the_second_time_and_stays_exact(weight_cache, channels_last, bias, relu):
+    x, w, b = make(**WIDE, bias=bias, channels_last=channels_last)
+    outs = []
+    for _ in range(3):
+        outs.append(run("native", x, w, b, WIDE_ARGS, relu))
+        assert outs[-1].stride() == F.conv_transpose2d(x, w, b, **WIDE_ARGS).stride()
+    assert weight_cache() == 1  # packed on the second call
+    for out in outs:
+        check_close(out, expected(x, w, b, **WIDE_ARGS, relu=relu), torch.float32)
+    # Another input shape packs its own; a clone with the same bytes finds the first one.
+    x2, _, _ = make(**dict(WIDE, h=3), bias=bias, channels_last=channels_last)
+    for _ in range(2):
+        check_close(run("native", x2, w, b, WIDE_ARGS, relu), expected(x2, w, b, **WIDE_ARGS, relu=relu),
+                    torch.float32)
+    assert weight_cache() == 2
+    check_close(run("native", x, w.clone(), b, WIDE_ARGS, relu), expected(x, w, b, **WIDE_ARGS, relu=relu),
+                torch.float32)
+    assert weight_cache() == 2
+    assert fastseg.ops.clear_weight_cache() == 2 and weight_cache() == 0
+
+
+@pytest.mark.parametrize("how", ["in place", ".data", "numpy", "last element through .data"])
+def test_weight_cache_sees_every_change_of_the_weight(weight_cache, how):
+    """Writes through .data or NumPy do not bump the version counter: the byte comparison must catch them,
+    down to the last element of the last chunk."""
+    x, w, b = make(**WIDE)
+    w = w.clone().requires_grad_()  # like a Parameter
+    for _ in range(3):
+        run("native", x, w, b, WIDE_ARGS)
+    assert weight_cache() == 1
+    new = w.detach().clone()
+    if how == "last element through .data":
+        new[-1, -1, -1, -1] += 1.0
+    else:
+        new = torch.randn(new.shape, generator=torch.Generator().manual_seed(5)) / 30
+    if how == "in place":
+        with torch.no_grad():
+            w.copy_(new)
+    elif how == "numpy":
+        w.detach().numpy()[...] = new.numpy()
+    else:
+        w.data.copy_(new)
+    for _ in range(3):
+        out = run("native", x, w, b, WIDE_ARGS)
+        check_close(out, expected(x, new, b, **WIDE_ARGS), torch.float32)
+    assert weight_cache() <= 2
+    if how == "in place":  # the tensor's stale contents are dropped when it is packed again
+        assert weight_cache() == 1
+
+
+def test_weight_cache_gradients_and_inference_tensors(weight_cache):
+    x, w, b = make(**WIDE)
+    grad = torch.randn(expected(x, w, b, **WIDE_ARGS).shape, generator=torch.Generator().manual_seed(1))
+    xr, wr, br = (t.double().requires_grad_() for t in (x, w, b))
+    want = torch.autograd.grad(expected(xr, wr, br, **WIDE_ARGS), (xr, wr, br), grad.double())
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    for _ in range(3):
+        got = torch.autograd.grad(run("native", xg, wg, bg, WIDE_ARGS), (xg, wg, bg), grad)
+        for g, e in zip(got, want):
+            check_close(g, e, torch.float32)
+    assert weight_cache() == 1
+    with torch.inference_mode():  # no version counter
+        wi = w.clone()
+        for _ in range(3):
+            check_close(run("native", x, wi, b, WIDE_ARGS), expected(x, wi, b, **WIDE_ARGS), torch.float32)
+        wi.mul_(-1.0)
+        check_close(run("native", x, wi, b, WIDE_ARGS), expected(x, wi, b, **WIDE_ARGS), torch.float32)
+
+
+def test_weight_cache_random_configs_and_bounds(weight_cache):
+    """oneDNN-routed configurations (groups, dilation, output_padding, few channels in NCHW), each called
+    three times so the last call runs the packed weight; more weights than the cache holds."""
+
+    @settings(max_examples=40, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @given(problem=configs(max_c=5), relu=st.booleans())
+    def body(problem, relu):
+        cfg, args = problem
+        x, w, b = make(**cfg)
+        exp = expected(x, w, b, **args, relu=relu)
+        for _ in range(3):
+            check_close(run("native", x, w, b, args, relu), exp, torch.float32)
+
+    body()
+    assert weight_cache() > 0  # the packed path ran
+    for i in range(70):
+        x, w, b = make(1, 2, 3, 2, 3, 3, 3, 3, seed=i)
+        for _ in range(2):
+            run("native", x, w, b, dict(stride=1, padding=0, output_padding=0, groups=2, dilation=1))
+    assert 0 < weight_cache() <= 64
+
+
+def test_weight_cache_can_be_switched_off():
+    require_backend("native", "cpu")
+    code = ("import torch, fastseg\n"
+            "x, w = torch.randn(2, 128, 4, 4), torch.randn(128, 96, 3, 3)\n"
+            "for _ in range(3): fastseg.ops.conv_transpose2d(x, w, stride=2)\n"
+            "print(torch.ops.fastseg.weight_cache_entries())\n")
+    for value, entries in (("0", "0"), ("1", "1")):
+        env = dict(os.environ, FASTSEG_WEIGHT_CACHE=value)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[-1] == entries
+
 
 @pytest.mark.parametrize("op", ["conv_transpose2d", "conv_transpose2d_backward"])
 def test_kernels_registered(op):

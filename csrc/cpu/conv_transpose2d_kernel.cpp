@@ -18,6 +18,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/native/ConvUtils.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -319,6 +320,13 @@ at::Tensor packed_onednn_forward(const at::Tensor& input, const at::Tensor& weig
   static const auto pointwise = c10::Dispatcher::singleton().findSchema(
       {"mkldnn::_convolution_transpose_pointwise", ""});
   if (input.scalar_type() != at::kFloat || !reorder || !pointwise) return at::Tensor();
+  // Only where PyTorch itself runs oneDNN: it does not take every configuration (output_padding >= stride).
+  using at::native::ConvBackend;
+  if (at::native::select_conv_backend(input, weight, bias, c10::fromIntArrayRefSlow(stride),
+                                      c10::fromIntArrayRefSlow(padding), c10::fromIntArrayRefSlow(dilation),
+                                      /*transposed=*/true, c10::fromIntArrayRefSlow(output_padding),
+                                      c10::SymInt(groups), c10::nullopt) != ConvBackend::MkldnnTranspose)
+    return at::Tensor();
   std::vector<int64_t> key{1, groups, input.suggest_memory_format() == at::MemoryFormat::ChannelsLast};
   for (at::IntArrayRef a : {stride, padding, output_padding, dilation, input.sizes()}) key.insert(key.end(), a.begin(), a.end());
   const at::Tensor packed = packed_weight(weight, std::move(key), [&] {

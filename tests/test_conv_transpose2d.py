@@ -543,6 +543,18 @@ def test_weight_cache_gradients_and_inference_tensors(weight_cache):
         for g, e in zip(got, want):
             check_close(g, e, torch.float32)
     assert weight_cache() == 1
+    for _ in range(3):  # a fresh detach() of the same weight every call, as training loops do: same memory
+        leaves = [t.detach().requires_grad_() for t in (x, w.clone(), b)]
+        torch.autograd.grad(run("native", *leaves, WIDE_ARGS), leaves, grad)
+    assert weight_cache() == 1  # the clone's bytes equal w's: the same entry
+    fastseg.ops.clear_weight_cache()
+    w2 = w.clone()
+    for _ in range(3):
+        leaves = [t.detach().requires_grad_() for t in (x, w2, b)]
+        got = torch.autograd.grad(run("native", *leaves, WIDE_ARGS), leaves, grad)
+    assert weight_cache() == 1
+    for g, e in zip(got, want):
+        check_close(g, e, torch.float32)
     with torch.inference_mode():  # no version counter
         wi = w.clone()
         for _ in range(3):

@@ -250,6 +250,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 }
 
 // How a call runs (measured in benchmarks/notes/conv_transpose2d.md):
+// - every forward that runs oneDNN's deconvolution uses the packed weight when the cache has it
+//   (packed_weights.h), the same routine without PyTorch's per-call weight reorder.
 // - forward, channels_last: oneDNN's deconvolution (at::convolution, what PyTorch runs). Our
 //   kernel == stride GEMM + scatter measured 0.7-1.0x of it: oneDNN writes the output once, the GEMM
 //   + scatter twice.

@@ -23,16 +23,17 @@ constexpr size_t kMaxSightings = 64;
 
 struct Entry {
   std::vector<int64_t> key;
-  const void* impl;   // the tensor it was packed from (compared only, never dereferenced)
+  const void* where;  // the memory it was packed from (compared only, never dereferenced)
   at::Tensor copy;    // the weight's bytes when it was packed
   at::Tensor packed;  // oneDNN's blocked layout
   int64_t bytes;
 };
 
-// A weight seen once: packed if the same tensor comes back unchanged.
+// A weight seen once: packed if the same memory comes back unchanged. Memory, not TensorImpl: a training
+// loop may hand over a fresh detach() of the same parameter every call (same memory and version counter).
 struct Sighting {
   std::vector<int64_t> key;
-  const void* impl;  // compared only, never dereferenced
+  const void* where;  // compared only, never dereferenced
   int64_t version;
 };
 
@@ -91,24 +92,24 @@ at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, con
     return it->packed;
   }
   // Inference tensors have no version counter; the byte comparison above keeps their hits correct.
-  const void* impl = weight.unsafeGetTensorImpl();
+  const void* where = bytes;
   const int64_t version = weight.is_inference() ? -1 : static_cast<int64_t>(weight._version());
   auto seen = std::find_if(c.sightings.begin(), c.sightings.end(),
-                           [&](const Sighting& s) { return s.impl == impl && s.key == key; });
+                           [&](const Sighting& s) { return s.where == where && s.key == key; });
   if (seen == c.sightings.end() || seen->version != version) {
     if (seen != c.sightings.end()) c.sightings.erase(seen);
-    c.sightings.push_back({std::move(key), impl, version});
+    c.sightings.push_back({std::move(key), where, version});
     if (c.sightings.size() > kMaxSightings) c.sightings.pop_front();
     return at::Tensor();
   }
   c.sightings.erase(seen);
-  // This tensor's older contents (a weight changed in place between two evaluations) are stale.
+  // This memory's older contents (a weight changed in place between two evaluations) are stale.
   c.entries.remove_if([&](const Entry& e) {
-    const bool stale = e.impl == impl && e.key == key;
+    const bool stale = e.where == where && e.key == key;
     if (stale) c.bytes -= e.bytes;
     return stale;
   });
-  Entry e{std::move(key), impl, weight.clone(), pack(), 2 * n};
+  Entry e{std::move(key), where, weight.clone(), pack(), 2 * n};
   c.bytes += e.bytes;
   c.entries.push_front(std::move(e));
   while (c.entries.size() > kMaxEntries || (c.bytes > kMaxBytes && c.entries.size() > 1)) {

@@ -9,7 +9,7 @@
 // Correctness does not rest on the version counter (writes through `.data` or a NumPy view do not bump
 // it): a packed weight is used only when the weight's bytes equal the copy taken when it was packed.
 // The version counter only decides when packing is worth it: a weight is packed the second time the same
-// tensor arrives unchanged (same TensorImpl and version), so a training step, which changes the weight
+// memory arrives unchanged (same address and version), so a training step, which changes the weight
 // between calls, never pays for a copy. FASTSEG_WEIGHT_CACHE=0 turns the cache off.
 #pragma once
 

@@ -56,11 +56,22 @@ class ConvTranspose2dFunction : public torch::autograd::Function<ConvTranspose2d
     const variable_list saved = ctx->get_saved_variables();
     at::Tensor grad = grads[0];
     if (saved[2].defined()) grad = at::where(saved[2] > 0, grad, 0);  // no gradient where ReLU clamped
-    auto [gi, gw, gb] =
-        op.call(grad, saved[0], saved[1], ctx->saved_data["stride"].toIntVector(),
-                ctx->saved_data["padding"].toIntVector(), ctx->saved_data["output_padding"].toIntVector(),
-                ctx->saved_data["groups"].toInt(), ctx->saved_data["dilation"].toIntVector());
+    const std::vector<int64_t> stride = ctx->saved_data["stride"].toIntVector(),
+                               padding = ctx->saved_data["padding"].toIntVector(),
+                               output_padding = ctx->saved_data["output_padding"].toIntVector(),
+                               dilation = ctx->saved_data["dilation"].toIntVector();
+    const int64_t groups = ctx->saved_data["groups"].toInt();
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    at::Tensor gi, gw, gb;
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True (double backward, gradient penalties): the gradients must be differentiable
+      // themselves, which fastseg's backward kernels are not; PyTorch's convolution_backward is.
+      std::tie(gi, gw, gb) = at::convolution_backward(
+          grad, saved[0], saved[1], std::vector<int64_t>{saved[1].size(1) * groups}, stride, padding, dilation,
+          /*transposed=*/true, output_padding, groups, {true, true, has_bias});
+    } else {
+      std::tie(gi, gw, gb) = op.call(grad, saved[0], saved[1], stride, padding, output_padding, groups, dilation);
+    }
     // One gradient per forward argument: input, weight, bias, then none for the six non-tensors.
     return {gi, gw, has_bias ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor()};

@@ -33,6 +33,14 @@ class MaxUnpool2dFunction : public torch::autograd::Function<MaxUnpool2dFunction
                          .findSchemaOrThrow("fastseg::max_unpool2d_backward", "")
                          .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
     const at::Tensor indices = ctx->get_saved_variables()[0];
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True (double backward): the gradient must be differentiable, so it is the same
+      // gather in ATen ops (fastseg/ops/max_unpool2d.py: unpool_grad) instead of the kernel.
+      const at::Tensor& g = grads[0];
+      const int64_t n = indices.size(0), c = indices.size(1), h = indices.size(2), w = indices.size(3);
+      const at::Tensor gi = g.reshape({n, c, g.size(2) * g.size(3)}).gather(2, indices.reshape({n, c, h * w}));
+      return {gi.view({n, c, h, w}), at::Tensor(), at::Tensor()};
+    }
     return {op.call(grads[0], indices), at::Tensor(), at::Tensor()};
   }
 };

@@ -114,6 +114,8 @@ def test_gradient(backend_name, channels_last):
         # written once but whose gradient (a gather, PyTorch's formula) reaches every copy
         x, idx = pooled(2, 3, 6, 8, 2, 2, 0, channels_last, dtype)
         torch.autograd.gradcheck(lambda t: run(backend_name, t, idx, 2), (x.requires_grad_(),))
+        # create_graph=True: the gradient is itself differentiable (double backward)
+        torch.autograd.gradgradcheck(lambda t: run(backend_name, t, idx, 2), (x,))
 
 
 BAD = [

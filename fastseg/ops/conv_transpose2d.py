@@ -190,7 +190,15 @@ def make_backward(backward_op):
         input, weight, output = ctx.saved_tensors
         if output is not None:  # fused ReLU: no gradient where the output was clamped
             grad = torch.where(output > 0, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
-        gi, gw, gb = backward_op(grad, input, weight, *ctx.params)
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward): the gradients must be differentiable themselves, which
+            # the backward kernels are not; PyTorch's convolution_backward is.
+            stride, padding, output_padding, groups, dilation = ctx.params
+            gi, gw, gb = torch.ops.aten.convolution_backward(
+                grad, input, weight, [weight.shape[1] * groups], stride, padding, dilation, True, output_padding,
+                groups, [True, True, ctx.has_bias])
+        else:
+            gi, gw, gb = backward_op(grad, input, weight, *ctx.params)
         return gi, gw, gb if ctx.has_bias else None, None, None, None, None, None, None
     return backward
 

@@ -213,6 +213,10 @@ def test_gradcheck(backend_name, device, reduction):
         assert torch.autograd.gradcheck(
             lambda a, b: call(backend_name, fastseg.ops.sigmoid_focal_loss, a, b, alpha, gamma, reduction),
             (x_, t_))
+        # create_graph=True: the gradients are themselves differentiable (double backward)
+        assert torch.autograd.gradgradcheck(
+            lambda a, b: call(backend_name, fastseg.ops.sigmoid_focal_loss, a, b, alpha, gamma, reduction),
+            (x_, t_))
 
 
 # -- labels form ---------------------------------------------------------------------------------------
@@ -288,6 +292,13 @@ def test_labels_gradcheck(backend_name, device):
         lg = logits.clone().requires_grad_()
         norm = torch.tensor(2.5, dtype=torch.float64, device=device, requires_grad=True)
         assert torch.autograd.gradcheck(
+            lambda a, b: call(backend_name, fastseg.ops.sigmoid_focal_loss_with_labels, a, labels, 0.25, 2.0, b,
+                              -1, reduction), (lg, norm))
+        for normalizer in (norm, 2.5):  # a tensor (differentiated) and a number (a scale)
+            assert torch.autograd.gradgradcheck(
+                lambda a: call(backend_name, fastseg.ops.sigmoid_focal_loss_with_labels, a, labels, 0.25, 2.0,
+                               normalizer, -1, reduction), (lg,))
+        assert torch.autograd.gradgradcheck(
             lambda a, b: call(backend_name, fastseg.ops.sigmoid_focal_loss_with_labels, a, labels, 0.25, 2.0, b,
                               -1, reduction), (lg, norm))
 

@@ -41,6 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
+from fastseg import reference
+from fastseg.ops._autograd import graph_grads
+
 __all__ = ["roi_align", "multi_level_roi_align"]
 
 # Channels per program: a bin's 4 corners are 4 contiguous runs in channels_last maps. 64 keeps a
@@ -486,6 +489,9 @@ def _setup(ctx, inputs, output):
 
 def _bwd(ctx, grad):
     input, rois = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (fastseg/ops/_autograd.py)
+        (g,) = graph_grads(lambda t: reference.roi_align(t, rois, *ctx.args), (input,), (True,), grad)
+        return g, None, None, None, None, None, None, None
     g = _roi_align_backward_op(grad, input, rois, *ctx.args, torch.are_deterministic_algorithms_enabled())
     return g, None, None, None, None, None, None, None
 
@@ -528,6 +534,10 @@ def _ml_setup(ctx, inputs, output):
 
 def _ml_bwd(ctx, grad):
     rois, levels, *features = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (fastseg/ops/_autograd.py)
+        grads = graph_grads(lambda *fs: reference.multi_level_roi_align(list(fs), rois, levels, *ctx.args), features,
+                            [True] * len(features), grad)
+        return grads, None, None, None, None, None, None, None
     grads = _ml_backward_op(grad, features, rois, levels, *ctx.args, torch.are_deterministic_algorithms_enabled())
     return list(grads), None, None, None, None, None, None, None
 

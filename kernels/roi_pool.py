@@ -19,6 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+from fastseg import reference
+from fastseg.ops._autograd import graph_grads
+
 __all__ = ["roi_pool"]
 
 BLOCK_C = 64  # channels per program (see kernels/roi_align.py); not tuned on a GPU yet
@@ -198,13 +201,17 @@ def _(grad, input, rois, argmax, deterministic):
 
 
 def _setup(ctx, inputs, output):
-    input, rois, *_ = inputs
+    input, rois, *args = inputs
     ctx.save_for_backward(input, rois, output[1])
     ctx.mark_non_differentiable(output[1])
+    ctx.args = args
 
 
 def _bwd(ctx, grad, grad_arg):
     input, rois, argmax = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (fastseg/ops/_autograd.py)
+        (g,) = graph_grads(lambda t: reference.roi_pool(t, rois, *ctx.args), (input,), (True,), grad)
+        return g, None, None, None, None
     g = _roi_pool_backward_op(grad, input, rois, argmax, torch.are_deterministic_algorithms_enabled())
     return g, None, None, None, None
 

@@ -117,6 +117,9 @@ def test_gradcheck_multi_level(backend_name, device):
         return call(backend_name, run, module, OrderedDict(zip(feats, maps)), boxes, shapes)
 
     assert torch.autograd.gradcheck(f, tuple(feats.values()), eps=1e-6, atol=1e-7)
+    if backend_name != "triton":  # (the interpreter: test_roi_align.py::test_triton_double_backward)
+        # create_graph=True: the gradients are differentiable themselves (torchvision raises here)
+        assert torch.autograd.gradgradcheck(f, tuple(feats.values()), eps=1e-6, atol=1e-7)
 
 
 def test_deterministic_backward_bit_identical(backend_name, device):

@@ -198,12 +198,38 @@ def test_gradcheck(backend_name, device, aligned):
         return call(backend_name, fastseg.ops.roi_align, x, rois, (2, 3), 1.0, 2, aligned)
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7)
+    if backend_name != "triton":  # (the interpreter: test_triton_double_backward below)
+        # create_graph=True: the gradient is differentiable itself (torchvision raises here)
+        assert torch.autograd.gradgradcheck(f, (x,), eps=1e-6, atol=1e-7)
     if backend_name == "native" or device == "cuda":  # the deterministic kernels (interpreter: too slow)
         torch.use_deterministic_algorithms(True)
         try:
             assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7)
         finally:
             torch.use_deterministic_algorithms(False)
+
+
+def test_triton_double_backward():
+    """create_graph=True through the Triton ops (roi_align, roi_pool, MultiScaleRoIAlign's multi-level op):
+    second-order gradients equal the torch backend's (gradgradcheck under the interpreter is too slow)."""
+    require_backend("triton", "cpu")
+    x = make_input((1, 2, 5, 6), 3, torch.float64)
+    rois = make_rois(3, 3, n_images=1, extent=6.0, max_side=6.0, dtype=torch.float64)
+    ops = [lambda t: fastseg.ops.roi_align(t, rois, (2, 2), 1.0, 2, True),
+           lambda t: fastseg.ops.roi_pool(t, rois, (2, 2), 1.0),
+           lambda t: fastseg.ops.poolers.multi_level_roi_align([t, t[:, :, ::2, ::2]], rois, torch.tensor([0, 1, 0]),
+                                                              [1.0, 0.5], (2, 2), 2, True)]
+
+    def second_order(backend_name, op):
+        t = x.clone().requires_grad_()
+        with fastseg.use_backend(backend_name):
+            (g,) = torch.autograd.grad(op(t).pow(2).sum(), t, create_graph=True)
+        return torch.autograd.grad(g.pow(2).sum(), t)[0]
+
+    for op in ops:
+        want = second_order("torch", op)
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(second_order("triton", op), want)
 
 
 # -- pool_mode="max" ------------------------------------------------------------------------------

@@ -109,6 +109,10 @@ def test_gradcheck(backend_name, device):
          / 10).to(device).requires_grad_()
     rois = make_rois(5, 7, extent=6.0, max_side=6.0, dtype=torch.float64, device=device)
     assert torch.autograd.gradcheck(lambda x: call(backend_name, fastseg.ops.roi_pool, x, rois, (2, 3), 1.0), (x,))
+    if backend_name != "triton":  # (the interpreter: test_roi_align.py::test_triton_double_backward)
+        # create_graph=True: the gradient is differentiable itself (torchvision raises here)
+        assert torch.autograd.gradgradcheck(
+            lambda x: call(backend_name, fastseg.ops.roi_pool, x, rois, (2, 3), 1.0), (x,))
 
 
 def test_deterministic_backward(backend_name, device):

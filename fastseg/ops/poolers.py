@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fastseg import _extension, backend
+from fastseg.ops._autograd import graph_grads
 from fastseg.ops.roi_align import check_output_size, grad_like, output_like, roi_align
 from fastseg.reference.roi_align import multi_level_roi_align as _ref_multi_level, roi_align as _ref_roi_align
 
@@ -156,6 +157,10 @@ if _extension.loaded():
 
     def _backward(ctx, grad):
         rois, levels, *features = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (graph_grads)
+            grads = graph_grads(lambda *fs: _ref_multi_level(list(fs), rois, levels, *ctx.args), features,
+                                [True] * len(features), grad)
+            return grads, None, None, None, None, None, None, None, None
         grads = torch.ops.fastseg.multi_level_roi_align_backward(
             grad, features, rois, levels, *ctx.args, torch.are_deterministic_algorithms_enabled())
         return list(grads), None, None, None, None, None, None, None, None

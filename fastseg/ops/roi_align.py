@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from fastseg import _extension, backend
+from fastseg.ops._autograd import graph_grads
 from fastseg.reference.roi_align import multi_level_roi_align as _ref_multi_level, roi_align as _ref_roi_align
 
 
@@ -204,6 +205,9 @@ if _extension.loaded():
 
     def _backward(ctx, grad):
         input, rois = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (graph_grads)
+            (grad_input,) = graph_grads(lambda t: _ref_roi_align(t, rois, *ctx.args), (input,), (True,), grad)
+            return grad_input, None, None, None, None, None, None, None
         grad_input = None
         if ctx.needs_input_grad[0]:
             grad_input = torch.ops.fastseg.roi_align_backward(

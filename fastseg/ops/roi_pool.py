@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fastseg import _extension, backend
+from fastseg.ops._autograd import graph_grads
 from fastseg.ops.roi_align import check_input, check_output_size, check_scalar, convert_boxes, grad_like
 from fastseg.reference.roi_pool import roi_pool as _ref_roi_pool
 
@@ -83,12 +84,16 @@ if _extension.loaded():
         return grad_like(input)
 
     def _setup(ctx, inputs, output):
-        input, rois, *_ = inputs
+        input, rois, *args = inputs
         ctx.save_for_backward(input, rois, output[1])
         ctx.mark_non_differentiable(output[1])
+        ctx.args = args
 
     def _backward(ctx, grad, grad_argmax):
         input, rois, argmax = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (graph_grads)
+            (g,) = graph_grads(lambda t: _ref_roi_pool(t, rois, *ctx.args), (input,), (True,), grad)
+            return g, None, None, None, None
         g = torch.ops.fastseg.roi_pool_backward(grad, input, rois, argmax, torch.are_deterministic_algorithms_enabled())
         return g, None, None, None, None
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fastseg import _extension, backend, reference
+from fastseg.ops._autograd import graph_grads
 from fastseg.ops._checks import number
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
@@ -199,15 +200,6 @@ def as_sum_grad(grad, reduction):
     return grad, reduction
 
 
-def _graph_grads(loss, grad, inputs, needed):
-    """d loss / d inputs with a graph (None where not needed). create_graph=True (double backward) asks for
-    gradients that are differentiable themselves, which the backward kernels are not: they then come from
-    the reference's graph, built on the saved inputs."""
-    wanted = [v for v, n in zip(inputs, needed) if n and v is not None]
-    gs = iter(torch.autograd.grad(loss, wanted, grad, create_graph=True, allow_unused=True) if wanted else ())
-    return [next(gs) if n and v is not None else None for v, n in zip(inputs, needed)]
-
-
 def make_autograd(backward_op, labels_backward_op):
     """(setup, backward) pairs for the plain and the labels op, given their backward ops."""
 
@@ -219,9 +211,12 @@ def make_autograd(backward_op, labels_backward_op):
     def backward(ctx, grad):
         x, t = ctx.saved_tensors
         alpha, gamma, reduction = ctx.args
-        if torch.is_grad_enabled():
-            loss = reference.sigmoid_focal_loss(x, t, alpha, gamma, _REDUCTION_NAMES[reduction])
-            return (*_graph_grads(loss, grad, (x, t), ctx.needs_input_grad[:2]), None, None, None)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (graph_grads)
+            def loss(a, b):
+                return reference.sigmoid_focal_loss(a, b, alpha, gamma, _REDUCTION_NAMES[reduction])
+
+            gx, gt = graph_grads(loss, (x, t), ctx.needs_input_grad[:2], grad)
+            return gx, gt, None, None, None
         gx = None
         if ctx.needs_input_grad[0]:
             g, r = as_sum_grad(grad, reduction)
@@ -237,11 +232,13 @@ def make_autograd(backward_op, labels_backward_op):
     def labels_backward(ctx, grad):
         logits, labels, normalizer, output = ctx.saved_tensors
         alpha, gamma, scale, ignore_index, reduction = ctx.args
-        if torch.is_grad_enabled():
-            loss = reference.sigmoid_focal_loss_with_labels(logits, labels, alpha, gamma, normalizer, ignore_index,
-                                                            _REDUCTION_NAMES[reduction]) * scale
-            g_logits, g_norm = _graph_grads(loss, grad, (logits, normalizer),
-                                            (ctx.needs_input_grad[0], ctx.needs_input_grad[4]))
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (graph_grads)
+            def loss(a, norm):
+                return reference.sigmoid_focal_loss_with_labels(a, labels, alpha, gamma, norm, ignore_index,
+                                                                _REDUCTION_NAMES[reduction]) * scale
+
+            g_logits, g_norm = graph_grads(loss, (logits, normalizer),
+                                           (ctx.needs_input_grad[0], ctx.needs_input_grad[4]), grad)
             return g_logits, None, None, None, g_norm, None, None, None
         g_logits = g_norm = None
         if ctx.needs_input_grad[0]:

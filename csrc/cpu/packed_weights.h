@@ -3,8 +3,10 @@
 // Why: PyTorch's oneDNN deconvolution reorders the weight into oneDNN's blocked layout on every call.
 // Measured on this box (benchmarks/notes/conv_transpose2d.md, section 13) that reorder is 0.2-1.8 ms of
 // a 5-20 ms call on the bundled networks' wide layers; with the packed weight kept, the same oneDNN
-// primitive runs 1.02-1.6x faster. Inference and benchmark loops call a layer again and again with the
-// same weight, training changes it every step.
+// primitive ran 1.02-1.6x faster on one weight called again and again, 0.99-1.2x in the benchmark
+// harness (three 9 MB weights in turn: the byte comparison below then reads from memory, not cache).
+// Inference and benchmark loops call a layer again and again with the same weight, training changes it
+// every step.
 //
 // Correctness does not rest on the version counter (writes through `.data` or a NumPy view do not bump
 // it): a packed weight is used only when the weight's bytes equal the copy taken when it was packed.

@@ -2,7 +2,6 @@
 #include "packed_weights.h"
 
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -119,31 +118,20 @@ at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, con
   return c.entries.front().packed;
 }
 
-namespace {
-
-int64_t clear_weight_cache() {
+int64_t clear_packed_weights() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
-  const int64_t n = static_cast<int64_t>(c.entries.size());
+  const int64_t bytes = c.bytes;
   c.entries.clear();
   c.sightings.clear();
   c.bytes = 0;
-  return n;
+  return bytes;
 }
 
-int64_t weight_cache_entries() {
+int64_t packed_weight_entries() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
   return static_cast<int64_t>(c.entries.size());
-}
-
-}  // namespace
-
-TORCH_LIBRARY_FRAGMENT(fastseg, m) {
-  // Drops every packed weight (frees their memory); returns how many there were.
-  m.def("clear_weight_cache() -> int", &clear_weight_cache);
-  // How many packed weights the cache holds (for tests and memory accounting).
-  m.def("weight_cache_entries() -> int", &weight_cache_entries);
 }
 
 }  // namespace fastseg

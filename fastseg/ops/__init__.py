@@ -4,8 +4,9 @@ from fastseg.ops.box_coder import BoxCoder, box_decode, box_encode
 from fastseg.ops.boxes import (
     box_area, box_convert, box_iou, clip_boxes_to_image, complete_box_iou, distance_box_iou,
     generalized_box_iou, remove_small_boxes)
-from fastseg.ops.conv_transpose2d import clear_weight_cache, conv_transpose2d
+from fastseg.ops.conv_transpose2d import conv_transpose2d
 from fastseg.ops.max_unpool2d import MaxUnpool2d, max_unpool2d
+from fastseg.ops.memory import empty_cache
 from fastseg.ops.nms import batched_nms, nms
 from fastseg.ops.poolers import MultiScaleRoIAlign
 from fastseg.ops.roi_align import RoIAlign, roi_align
@@ -20,5 +21,5 @@ __all__ = [
     "box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_area",
     "clip_boxes_to_image", "remove_small_boxes", "box_convert",
     "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels",
-    "conv_transpose2d", "clear_weight_cache", "max_unpool2d", "MaxUnpool2d",
+    "conv_transpose2d", "max_unpool2d", "MaxUnpool2d", "empty_cache",
 ]

@@ -138,25 +138,6 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     return impl(input, weight, bias, stride, padding, output_padding, groups, dilation, activation)
 
 
-def clear_weight_cache() -> int:
-    """Frees the packed weights that the native CPU ``conv_transpose2d`` keeps between calls; returns how
-    many there were.
-
-    On the CPU, layers that run oneDNN's deconvolution (the wide ones) keep the weight in oneDNN's blocked
-    layout once the same weight tensor comes back unchanged, which saves the per-call reorder PyTorch pays
-    (0.2-1.8 ms of a 5-20 ms call). A packed weight is used only when the weight's bytes still equal the
-    copy taken when it was packed, so writes through ``.data`` or NumPy are seen. The cache holds at most
-    64 weights (1 GiB, about twice each weight); ``FASTSEG_WEIGHT_CACHE=0`` switches it off.
-
-    Example:
-        >>> fastseg.ops.clear_weight_cache() >= 0
-        True
-    """
-    if not _extension.loaded():
-        return 0
-    return torch.ops.fastseg.clear_weight_cache()
-
-
 def _out_shape(input, weight, stride, padding, output_padding, groups, dilation):
     ho, wo = output_size(input.shape[2], input.shape[3], weight.shape[2:], stride, padding, output_padding, dilation)
     return (input.shape[0], weight.shape[1] * groups, ho, wo)

@@ -331,7 +331,8 @@ at::Tensor packed_onednn_forward(const at::Tensor& input, const at::Tensor& weig
                                       c10::SymInt(groups), c10::nullopt) != ConvBackend::MkldnnTranspose)
     return at::Tensor();
   std::vector<int64_t> key{1, groups, input.suggest_memory_format() == at::MemoryFormat::ChannelsLast};
-  for (at::IntArrayRef a : {stride, padding, output_padding, dilation, input.sizes()}) key.insert(key.end(), a.begin(), a.end());
+  for (at::IntArrayRef a : {stride, padding, output_padding, dilation, input.sizes()})
+    key.insert(key.end(), a.begin(), a.end());
   const at::Tensor packed = packed_weight(weight, std::move(key), [&] {
     return reorder->typed<Reorder>().call(weight, padding, output_padding, stride, dilation, groups, input.sizes());
   });
@@ -345,7 +346,8 @@ at::Tensor packed_onednn_forward(const at::Tensor& input, const at::Tensor& weig
 at::Tensor onednn_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                           int64_t groups, at::IntArrayRef dilation, bool relu) {
-  at::Tensor out = packed_onednn_forward(input, weight, bias, stride, padding, output_padding, groups, dilation, relu);
+  at::Tensor out =
+      packed_onednn_forward(input, weight, bias, stride, padding, output_padding, groups, dilation, relu);
   if (out.defined()) return out;
   out = at::convolution(input, weight, bias, stride, padding, dilation, /*transposed=*/true, output_padding, groups);
   if (relu) out.relu_();

@@ -79,26 +79,6 @@ def test_dtypes_and_poisoned_memory(backend_name, dtype, channels_last):
     assert torch.equal(out, expected)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_native_pooled_outputs_are_fully_rewritten(channels_last):
-    """Outputs of 1 MB or more come from a pool of blocks freed by earlier calls, still holding their old
-    values: every element that no index reaches must be zeroed again (DeconvNet's 112 x 112 unpooling)."""
-    require_backend("native", "cpu")
-    fastseg.ops.empty_cache()
-    pointers = set()
-    for seed in range(3):
-        x, idx = pooled(2, 16, 112, 112, 2, 2, 0, channels_last, seed=seed)
-        x = x + 10.0  # no zeros among the values: a stale value shows wherever the zero fill is missing
-        out = run("native", x, idx, 2)
-        assert out.numel() * 4 >= 1 << 20
-        want = F.max_unpool2d(x, idx, 2)
-        assert torch.equal(out, want) and out.stride() == want.stride()
-        pointers.add(out.data_ptr())
-        del out
-    assert len(pointers) < 3, "the pool never handed a block back"
-    fastseg.ops.empty_cache()
-
-
 def test_native_duplicate_indices_keep_pytorchs_last_write():
     """Two values with one index in a plane: the later (in h, w order) wins on the CPU, as in PyTorch."""
     x = torch.arange(1.0, 13.0).reshape(1, 2, 2, 3)

@@ -27,7 +27,6 @@
 #include <vector>
 
 #include "conv_transpose2d.h"
-#include "output_pool.h"
 #include "packed_weights.h"
 
 namespace fastseg {
@@ -169,7 +168,7 @@ at::Tensor weight_khwc(const at::Tensor& weight, const ConvT2dParams& p) {
 at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            const ConvT2dParams& p, bool relu, at::MemoryFormat fmt) {
   const int64_t k = p.kh * p.kw, plane = p.h * p.w;
-  at::Tensor out = empty_output({p.n, p.cout, p.ho, p.wo}, input.options(), fmt);
+  at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   if (fmt == at::MemoryFormat::Contiguous && conv_transpose2d_k2_nchw(input, weight, b, p, relu, out)) return out;
@@ -177,7 +176,7 @@ at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, co
   if (fmt == at::MemoryFormat::Contiguous) {
     const at::Tensor x = input.contiguous();
     const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
-    y = empty_output({p.n, p.cout * k, plane}, input.options());
+    y = at::empty({p.n, p.cout * k, plane}, input.options());
     for (int64_t n = 0; n < p.n; ++n)
       for (int64_t g = 0; g < p.groups; ++g)
         mm_into(y[n].narrow(0, g * p.cout_g * k, p.cout_g * k),
@@ -186,7 +185,7 @@ at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, co
     const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1})
                              .reshape({p.n * plane, p.cin});
     const at::Tensor w = weight_khwc(weight, p);
-    y = empty_output({p.groups, p.n * plane, k * p.cout_g}, input.options());
+    y = at::empty({p.groups, p.n * plane, k * p.cout_g}, input.options());
     for (int64_t g = 0; g < p.groups; ++g)
       mm_into(y[g], p.groups == 1 ? x : x.narrow(1, g * p.cin_g, p.cin_g), w[g]);
   }
@@ -205,13 +204,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
                                                                 at::MemoryFormat fmt) {
   const int64_t k = p.kh * p.kw, plane = p.h * p.w;
   at::Tensor grad_bias = grad_out.sum({0, 2, 3});
-  at::Tensor grad_input = empty_output({p.n, p.cin, p.h, p.w}, input.options(), fmt);
+  at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));
   at::Tensor grad_weight;
   if (fmt == at::MemoryFormat::Contiguous) {
     const at::Tensor gy = grad_out.contiguous();
     const at::Tensor x = input.contiguous();
     const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
-    at::Tensor g = empty_output({p.n, p.cout * k, plane}, input.options());
+    at::Tensor g = at::empty({p.n, p.cout * k, plane}, input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
                                     [&] { gather_nchw<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p); });
     grad_weight = at::zeros({p.cin, p.cout_g * k}, input.options());
@@ -231,11 +230,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1})
                              .reshape({p.n * plane, p.cin});
     const at::Tensor w = weight_khwc(weight, p);
-    at::Tensor g = empty_output({p.groups, p.n * plane, k * p.cout_g}, input.options());
+    at::Tensor g = at::empty({p.groups, p.n * plane, k * p.cout_g}, input.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
                                     [&] { gather_nhwc<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p); });
     at::Tensor gi = grad_input.permute({0, 2, 3, 1}).view({p.n * plane, p.cin});  // shares grad_input's storage
-    at::Tensor gw = empty_output({p.groups, p.cin_g, k * p.cout_g}, input.options());
+    at::Tensor gw = at::empty({p.groups, p.cin_g, k * p.cout_g}, input.options());
     for (int64_t gr = 0; gr < p.groups; ++gr) {
       const at::Tensor xg = p.groups == 1 ? x : x.narrow(1, gr * p.cin_g, p.cin_g);
       if (p.groups == 1)
@@ -361,12 +360,12 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
       check_conv_transpose2d("conv_transpose2d", input, weight, stride, padding, output_padding, groups, dilation);
   if (bias.has_value() && bias->defined()) check_bias("conv_transpose2d", *bias, input, p.cout);
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
-  if (p.n == 0) return empty_output({0, p.cout, p.ho, p.wo}, input.options(), fmt);
+  if (p.n == 0) return at::empty({0, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
   const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
   switch (forward_route(input, p, fmt)) {
     case Route::kDirect:
       if (direct_conv_transpose2d_fits(input, p)) {
-        at::Tensor out = empty_output({p.n, p.cout, p.ho, p.wo}, input.options(), fmt);
+        at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
         const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
         direct_conv_transpose2d_forward(input, weight, b, p, relu, out);
         return out;
@@ -401,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
   const Route route = backward_route(input, p, fmt);
   if (route == Route::kDirect && direct_conv_transpose2d_fits(input, p)) {
     const at::Tensor g = grad_output.contiguous(cl);  // what the direct kernels read
-    at::Tensor grad_input = empty_output({p.n, p.cin, p.h, p.w}, input.options(), fmt);
+    at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));
     direct_conv_transpose2d_grad_input(g, weight, p, grad_input);
     return {grad_input, direct_conv_transpose2d_grad_weight(g, input, p), g.sum({0, 2, 3})};
   }

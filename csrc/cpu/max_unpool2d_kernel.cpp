@@ -12,7 +12,6 @@
 #include <atomic>
 
 #include "max_unpool2d.h"
-#include "output_pool.h"
 
 namespace fastseg {
 namespace {
@@ -91,8 +90,8 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices, 
   check_max_unpool2d(input, indices, output_size);
   const at::MemoryFormat fmt = input.suggest_memory_format();
   const at::Tensor x = input.contiguous(fmt), idx = indices.contiguous(fmt);
-  at::Tensor out =
-      empty_output({input.size(0), input.size(1), output_size[0], output_size[1]}, input.options(), fmt);
+  at::Tensor out = at::empty({input.size(0), input.size(1), output_size[0], output_size[1]},
+                             input.options().memory_format(fmt));
   const int64_t in_plane = input.size(2) * input.size(3), out_plane = output_size[0] * output_size[1];
   if (out.numel() == 0) {
     TORCH_CHECK(x.numel() == 0, "max_unpool2d: an empty ", output_size, " output plane cannot hold any input");
@@ -137,7 +136,7 @@ at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Te
   check_max_unpool2d_backward(grad_output, indices);
   const at::MemoryFormat fmt = indices.suggest_memory_format();
   const at::Tensor g = grad_output.contiguous(fmt), idx = indices.contiguous(fmt);
-  at::Tensor grad_input = empty_output(indices.sizes(), grad_output.options(), fmt);
+  at::Tensor grad_input = at::empty(indices.sizes(), grad_output.options().memory_format(fmt));
   const int64_t n = indices.size(0), channels = indices.size(1);
   const int64_t in_plane = indices.size(2) * indices.size(3), out_plane = g.size(2) * g.size(3);
   BadIndex bad;

@@ -8,15 +8,11 @@ def empty_cache() -> int:
     """Frees what the native CPU kernels keep between calls; returns the bytes freed. Like
     ``torch.cuda.empty_cache``, it changes no result, only memory use and the next calls' speed.
 
-    Two things are kept. The wide ``conv_transpose2d`` layers, which run oneDNN's deconvolution as
-    PyTorch does, keep the weight in oneDNN's packed layout once the same weight comes back unchanged,
-    saving the reorder PyTorch pays on every call (at most 64 weights, 1 GiB, about twice each weight; a
-    packed weight is used only while the weight's bytes equal a copy taken when it was packed, so every
-    write is seen, ``.data`` and NumPy included). And large outputs (>= 1 MB) of ``conv_transpose2d`` and
-    ``max_unpool2d`` come from a pool of blocks freed by earlier calls (at most 256 MB), which are
-    already mapped: a fresh block of that size page-faults in 4 KB at a time (U-Net's 16.8 MB
-    up-convolution output: 9.2 ms a call instead of 5.4). ``FASTSEG_WEIGHT_CACHE=0`` and
-    ``FASTSEG_OUTPUT_POOL=0`` switch them off.
+    What is kept: the wide ``conv_transpose2d`` layers, which run oneDNN's deconvolution as PyTorch does,
+    keep the weight in oneDNN's packed layout once the same weight comes back unchanged, saving the
+    reorder PyTorch pays on every call (at most 64 weights, 1 GiB, about twice each weight). A packed
+    weight is used only while the weight's bytes equal a copy taken when it was packed, so every write is
+    seen, ``.data`` and NumPy included. ``FASTSEG_WEIGHT_CACHE=0`` switches it off.
 
     Example:
         >>> fastseg.ops.empty_cache() >= 0

@@ -106,11 +106,13 @@ void scatter_nhwc(const T* y, const T* bias, T* out, const ConvT2dParams& p, boo
   });
 }
 
-// NCHW gather of grad_output into g: [N, Cout, kh, kw, H, W] (zeros where padding cropped the tap).
+// NCHW gather of grad_output into g: [N, Cout, kh, kw, H, W] (zeros where padding cropped the tap), for
+// the images [n0, n1) (g starts at image n0).
 template <typename T>
-void gather_nchw(const T* gy, T* g, const ConvT2dParams& p) {
-  const int64_t rows = p.n * p.cout * p.kh * p.h;  // (n, c, ky, iy)
-  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t n0, int64_t n1) {
+  const int64_t per_image = p.cout * p.kh * p.h;  // rows (c, ky, iy) of one image
+  gy += n0 * p.cout * p.ho * p.wo;
+  at::parallel_for(0, (n1 - n0) * per_image, 64, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t iy = r % p.h, t = r / p.h, ky = t % p.kh, nc = t / p.kh;
       const int64_t oy = iy * p.kh + ky - p.ph;
@@ -211,14 +213,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     const at::Tensor gy = grad_out.contiguous();
     const at::Tensor x = input.contiguous();
     const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
-    at::Tensor g = at::empty({p.n, p.cout * k, plane}, input.options());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
-                                    [&] { gather_nchw<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p); });
+    // One image's gathered grad_output at a time, in one buffer reused image after image (in cache for
+    // both GEMMs; the whole batch's at once was a fresh mmap that page-faulted in on every call).
+    at::Tensor g = at::empty({p.cout * k, plane}, input.options());
     grad_weight = at::zeros({p.cin, p.cout_g * k}, input.options());
     for (int64_t n = 0; n < p.n; ++n) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
+                                      [&] { gather_nchw<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p,
+                                                                  n, n + 1); });
       const at::Tensor xn = x[n].view({p.cin, plane});
       for (int64_t gr = 0; gr < p.groups; ++gr) {
-        const at::Tensor gg = g[n].narrow(0, gr * p.cout_g * k, p.cout_g * k);
+        const at::Tensor gg = g.narrow(0, gr * p.cout_g * k, p.cout_g * k);
         const at::Tensor xg = xn.narrow(0, gr * p.cin_g, p.cin_g);
         mm_into(grad_input[n].view({p.cin, plane}).narrow(0, gr * p.cin_g, p.cin_g),
                    w.narrow(0, gr * p.cin_g, p.cin_g), gg);
@@ -278,10 +283,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 // - forward, NCHW, other kernels: oneDNN's NCHW deconvolution is much slower than its channels_last one
 //   on layers with few channels, more than the two layout copies cost, so those run in channels_last
 //   and are copied back; wide layers run oneDNN's NCHW directly.
-// - backward, kernel == stride, channels_last: our gather + two GEMMs (1.1-1.4x oneDNN). NCHW: oneDNN
-//   (the gather + GEMMs measured 0.6-1.0x of it once the layout copies or the NCHW gather are paid),
-//   through channels_last on few-channel layers as in the forward. Other channels_last backward:
-//   oneDNN (at::convolution_backward).
+// - backward, kernel == stride: our gather + two GEMMs in cache-sized blocks, channels_last (1.0-1.3x
+//   oneDNN) and NCHW with <= 64 channels on a side (U-Net 128 -> 64); oneDNN on wider NCHW layers (the
+//   gather + GEMMs measured 0.8-1.0x of it there). Other backward: oneDNN (at::convolution_backward),
+//   through channels_last on few-channel NCHW layers as in the forward.
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect };
 
 constexpr int64_t kDirectMaxChannels = 64;
@@ -314,9 +319,10 @@ Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::Memory
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
-  // costs. NCHW k == s (U-Net): oneDNN's NCHW backward is the fastest there (the round trip through
-  // channels_last measured 1.3x slower on U-Net's 128 -> 64).
-  if (p.shuffle()) return Route::kOneDnn;
+  // costs. NCHW k == s (U-Net): our gather + GEMMs image by image on layers with <= 64 channels on a
+  // side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the harness), oneDNN's NCHW backward on wider ones
+  // (256 -> 128: 20.4 vs 24-27 ms; the round trip through channels_last was slower still).
+  if (p.shuffle()) return std::min(p.cin, p.cout) <= 64 ? Route::kShuffle : Route::kOneDnn;
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 

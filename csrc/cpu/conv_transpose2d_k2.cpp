@@ -20,6 +20,9 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define FASTSEG_K2_AVX512 1
+// GCC 12 reports the deliberately undefined operand inside _mm512_max_ps (_mm512_undefined_ps) as
+// uninitialized (as in conv_transpose2d_direct.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace fastseg {

@@ -8,6 +8,10 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+// GCC 12 reports the deliberately undefined operands inside _mm512_reduce_max_ps and
+// _mm512_mask_reduce_min_epi32 (_mm256_undefined_*) as uninitialized (as in conv_transpose2d_direct.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #include <cfloat>

@@ -106,23 +106,21 @@ void scatter_nhwc(const T* y, const T* bias, T* out, const ConvT2dParams& p, boo
   });
 }
 
-// NCHW gather of grad_output into g: [N, Cout, kh, kw, H, W] (zeros where padding cropped the tap), for
-// the images [n0, n1) (g starts at image n0).
+// NCHW gather of one image's grad_output gy into g: [Cout, kh, kw, H, W] (zeros where padding cropped
+// the tap).
 template <typename T>
-void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t n0, int64_t n1) {
-  const int64_t per_image = p.cout * p.kh * p.h;  // rows (c, ky, iy) of one image
-  gy += n0 * p.cout * p.ho * p.wo;
-  at::parallel_for(0, (n1 - n0) * per_image, 64, [&](int64_t begin, int64_t end) {
+void gather_nchw(const T* gy, T* g, const ConvT2dParams& p) {
+  at::parallel_for(0, p.cout * p.kh * p.h, 64, [&](int64_t begin, int64_t end) {  // rows (c, ky, iy)
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t iy = r % p.h, t = r / p.h, ky = t % p.kh, nc = t / p.kh;
+      const int64_t iy = r % p.h, t = r / p.h, ky = t % p.kh, c = t / p.kh;
       const int64_t oy = iy * p.kh + ky - p.ph;
       for (int64_t kx = 0; kx < p.kw; ++kx) {
-        T* dst = g + (((nc * p.kh + ky) * p.kw + kx) * p.h + iy) * p.w;
+        T* dst = g + (((c * p.kh + ky) * p.kw + kx) * p.h + iy) * p.w;
         if (oy < 0 || oy >= p.ho) {
           std::fill(dst, dst + p.w, T(0));
           continue;
         }
-        const T* src = gy + (nc * p.ho + oy) * p.wo;
+        const T* src = gy + (c * p.ho + oy) * p.wo;
         for (int64_t ix = 0; ix < p.w; ++ix) {
           const int64_t ox = ix * p.kw + kx - p.pw;
           dst[ix] = ox >= 0 && ox < p.wo ? src[ox] : T(0);
@@ -218,9 +216,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     at::Tensor g = at::empty({p.cout * k, plane}, input.options());
     grad_weight = at::zeros({p.cin, p.cout_g * k}, input.options());
     for (int64_t n = 0; n < p.n; ++n) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
-                                      [&] { gather_nchw<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p,
-                                                                  n, n + 1); });
+      AT_DISPATCH_FLOATING_TYPES_AND2(
+          at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
+          [&] { gather_nchw<scalar_t>(gy[n].data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p); });
       const at::Tensor xn = x[n].view({p.cin, plane});
       for (int64_t gr = 0; gr < p.groups; ++gr) {
         const at::Tensor gg = g.narrow(0, gr * p.cout_g * k, p.cout_g * k);

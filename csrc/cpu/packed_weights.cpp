@@ -2,6 +2,7 @@
 #include "packed_weights.h"
 
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
@@ -118,6 +119,8 @@ at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, con
   return c.entries.front().packed;
 }
 
+namespace {
+
 int64_t clear_packed_weights() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
@@ -132,6 +135,15 @@ int64_t packed_weight_entries() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
   return static_cast<int64_t>(c.entries.size());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastseg, m) {
+  // Frees the packed weights (fastseg.ops.empty_cache); returns the bytes they held (copies and packed forms).
+  m.def("empty_cache() -> int", &clear_packed_weights);
+  // How many packed weights are kept (tests, memory accounting).
+  m.def("weight_cache_entries() -> int", &packed_weight_entries);
 }
 
 }  // namespace fastseg

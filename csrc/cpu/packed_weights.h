@@ -29,10 +29,4 @@ namespace fastseg {
 // the packed form; it runs at most once per call.
 at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, const std::function<at::Tensor()>& pack);
 
-// Drops every packed weight; returns the bytes they held (the copies and the packed forms).
-int64_t clear_packed_weights();
-
-// How many packed weights the cache holds.
-int64_t packed_weight_entries();
-
 }  // namespace fastseg

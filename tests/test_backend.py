@@ -115,3 +115,11 @@ def test_python_m_fastseg_info():
     out = run_python("import runpy, sys; sys.argv = ['fastseg', 'info']; runpy.run_module('fastseg', run_name='__main__')")
     assert out.returncode == 0, out.stderr
     assert "extension:" in out.stdout and "cpu_kernels:" in out.stdout and "triton:" in out.stdout
+
+
+def test_import_fastseg_exposes_ops_and_nn():
+    # torch-style: `import fastseg` alone gives fastseg.ops.X and fastseg.nn.X (a drop-in for torch.nn.X).
+    out = run_python("import fastseg; print(fastseg.nn.ConvTranspose2d.__name__, fastseg.nn.init.bilinear_.__name__,"
+                     " fastseg.nn.MaxUnpool2d.__name__, fastseg.ops.conv_transpose2d.__name__)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ConvTranspose2d", "bilinear_", "MaxUnpool2d", "conv_transpose2d"]

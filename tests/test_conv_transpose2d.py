@@ -214,12 +214,14 @@ def test_native_direct_small_channel_kernels(n, cin, cout, k, stride, padding, o
         assert torch.equal(a, b1)
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "NCHW"])
 @pytest.mark.parametrize("groups,output_padding", [(1, 0), (2, 1)])
-def test_native_k2s2_channels_last_backward_in_blocks(groups, output_padding):
-    """The channels_last k == s backward gathers grad_output ~2 MB of input rows at a time: 64 KB rows here
-    (64 columns x 4 taps x 64 channels), so 80 rows make three blocks, the last one partial; with groups,
-    each group's part of the block buffer starts at its own offset."""
-    x, wt, b = make(2, 8 // groups, 64 // groups, groups, 2, 2, 40, 64, channels_last=True)
+def test_native_k2s2_backward_in_blocks(groups, output_padding, channels_last):
+    """The k == s backward gathers grad_output ~2 MB of input rows at a time: 64 KB rows here (64 columns
+    x 4 taps x 64 channels). channels_last blocks run across images: 80 rows make three blocks, the last
+    one partial. NCHW blocks stay within an image: 32 + 8 rows per image. With groups, each group's part
+    of the block buffer starts at its own offset."""
+    x, wt, b = make(2, 8 // groups, 64 // groups, groups, 2, 2, 40, 64, channels_last=channels_last)
     args = dict(stride=2, padding=0, output_padding=output_padding, groups=groups, dilation=1)
     leaves = [t.clone().requires_grad_() for t in (x, wt, b)]
     out = run("native", *leaves, args)
@@ -229,7 +231,7 @@ def test_native_k2s2_channels_last_backward_in_blocks(groups, output_padding):
     want = torch.autograd.grad(expected(*ref_leaves, **args), ref_leaves, grad.double())
     for g, e in zip(got, want):  # sums over 10k pixels: fp32 rounding beyond the per-element tolerance
         torch.testing.assert_close(g.double(), e, atol=2e-3, rtol=2e-3)
-    assert got[0].is_contiguous(memory_format=torch.channels_last)
+    assert got[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def test_unbatched_and_empty(backend_name):

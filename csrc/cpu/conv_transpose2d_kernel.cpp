@@ -106,16 +106,17 @@ void scatter_nhwc(const T* y, const T* bias, T* out, const ConvT2dParams& p, boo
   });
 }
 
-// NCHW gather of one image's grad_output gy into g: [Cout, kh, kw, H, W] (zeros where padding cropped
-// the tap).
+// NCHW gather of input rows [iy0, iy1) of one image's grad_output gy into g: [Cout, kh, kw, iy1 - iy0, W]
+// (zeros where padding cropped the tap).
 template <typename T>
-void gather_nchw(const T* gy, T* g, const ConvT2dParams& p) {
-  at::parallel_for(0, p.cout * p.kh * p.h, 64, [&](int64_t begin, int64_t end) {  // rows (c, ky, iy)
+void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t iy0, int64_t iy1) {
+  const int64_t rows = iy1 - iy0;
+  at::parallel_for(0, p.cout * p.kh * rows, 16, [&](int64_t begin, int64_t end) {  // rows (c, ky, iy)
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t iy = r % p.h, t = r / p.h, ky = t % p.kh, c = t / p.kh;
+      const int64_t iy = iy0 + r % rows, t = r / rows, ky = t % p.kh, c = t / p.kh;
       const int64_t oy = iy * p.kh + ky - p.ph;
       for (int64_t kx = 0; kx < p.kw; ++kx) {
-        T* dst = g + (((c * p.kh + ky) * p.kw + kx) * p.h + iy) * p.w;
+        T* dst = g + (((c * p.kh + ky) * p.kw + kx) * rows + iy - iy0) * p.w;
         if (oy < 0 || oy >= p.ho) {
           std::fill(dst, dst + p.w, T(0));
           continue;
@@ -211,21 +212,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     const at::Tensor gy = grad_out.contiguous();
     const at::Tensor x = input.contiguous();
     const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
-    // One image's gathered grad_output at a time, in one buffer reused image after image (in cache for
-    // both GEMMs; the whole batch's at once was a fresh mmap that page-faulted in on every call).
-    at::Tensor g = at::empty({p.cout * k, plane}, input.options());
+    // Blocks of one image's input rows whose gathered grad_output is ~2 MB, as in channels_last below: in
+    // cache from the gather to both GEMMs, and one buffer reused block after block (the whole batch's at
+    // once was a fresh mmap that page-faulted in on every call). fp16/bf16: one image per block.
+    const int64_t row_bytes = p.cout * k * p.w * static_cast<int64_t>(input.element_size());
+    const bool fp = input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble;
+    const int64_t block = fp ? std::clamp<int64_t>((int64_t(2) << 20) / row_bytes, 1, p.h) : p.h;
+    at::Tensor g = at::empty({p.cout * k * block * p.w}, input.options());  // [Cout * k, rows * W] per block
     grad_weight = at::zeros({p.cin, p.cout_g * k}, input.options());
     for (int64_t n = 0; n < p.n; ++n) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(
-          at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
-          [&] { gather_nchw<scalar_t>(gy[n].data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p); });
       const at::Tensor xn = x[n].view({p.cin, plane});
-      for (int64_t gr = 0; gr < p.groups; ++gr) {
-        const at::Tensor gg = g.narrow(0, gr * p.cout_g * k, p.cout_g * k);
-        const at::Tensor xg = xn.narrow(0, gr * p.cin_g, p.cin_g);
-        mm_into(grad_input[n].view({p.cin, plane}).narrow(0, gr * p.cin_g, p.cin_g),
-                   w.narrow(0, gr * p.cin_g, p.cin_g), gg);
-        grad_weight.narrow(0, gr * p.cin_g, p.cin_g).addmm_(xg, gg.t());
+      const at::Tensor gin = grad_input[n].view({p.cin, plane});
+      for (int64_t iy0 = 0; iy0 < p.h; iy0 += block) {
+        const int64_t iy1 = std::min(p.h, iy0 + block), npix = (iy1 - iy0) * p.w;
+        AT_DISPATCH_FLOATING_TYPES_AND2(
+            at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
+            [&] { gather_nchw<scalar_t>(gy[n].data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p, iy0, iy1); });
+        const at::Tensor gb = g.narrow(0, 0, p.cout * k * npix).view({p.cout * k, npix});
+        const at::Tensor xb = xn.narrow(1, iy0 * p.w, npix);
+        const at::Tensor gib = gin.narrow(1, iy0 * p.w, npix);
+        for (int64_t gr = 0; gr < p.groups; ++gr) {
+          const at::Tensor gg = gb.narrow(0, gr * p.cout_g * k, p.cout_g * k);
+          mm_into(gib.narrow(0, gr * p.cin_g, p.cin_g), w.narrow(0, gr * p.cin_g, p.cin_g), gg);
+          grad_weight.narrow(0, gr * p.cin_g, p.cin_g).addmm_(xb.narrow(0, gr * p.cin_g, p.cin_g), gg.t());
+        }
       }
     }
     grad_weight = grad_weight.view({p.cin, p.cout_g, p.kh, p.kw});

@@ -471,6 +471,40 @@ def test_module_is_a_drop_in(backend_name, kwargs):
     ours.reset_parameters()  # inherited: same initialisation scheme
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("stride,kernel", [(2, 2), (2, 4)])
+def test_module_under_autocast_is_a_drop_in(backend_name, dtype, stride, kernel):
+    """Inside torch.autocast a ConvTranspose2d takes a low-precision activation and its fp32 weight: torch
+    casts both to the autocast dtype, so must we (it raised on the mixed dtypes); fp32 gradients reach the
+    fp32 parameters; an fp64 input is left alone, as autocast leaves fp64."""
+    require_backend(backend_name, "cpu")
+    if backend_name == "triton" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter has no bf16 arithmetic; bf16 runs on the GPU")
+    torch.manual_seed(0)
+    theirs = torch.nn.ConvTranspose2d(6, 4, kernel, stride=stride, padding=(kernel - stride) // 2)
+    ours = fastseg.nn.ConvTranspose2d(6, 4, kernel, stride=stride, padding=(kernel - stride) // 2)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 6, 5, 7)
+    for inp in (x.to(dtype), x):  # an autocast layer's output, and an fp32 input
+        with torch.autocast("cpu", dtype=dtype), fastseg.use_backend(backend_name):
+            got, want = ours(inp), theirs(inp)
+        assert got.dtype == want.dtype == dtype
+        torch.testing.assert_close(got.float(), want.float(), atol=TOL[dtype], rtol=TOL[dtype])
+        got.float().sum().backward()
+        want.float().sum().backward()
+        for a, b in ((ours.weight, theirs.weight), (ours.bias, theirs.bias)):
+            assert a.grad.dtype == torch.float32
+            torch.testing.assert_close(a.grad, b.grad, atol=TOL[dtype] * 10, rtol=TOL[dtype] * 10)
+            a.grad = b.grad = None
+    with torch.autocast("cpu", dtype=dtype), fastseg.use_backend(backend_name):
+        if backend_name == "triton":  # no fp64 in tl.dot: the Triton backend says so
+            with pytest.raises(NotImplementedError):
+                fastseg.ops.conv_transpose2d(x.double(), ours.weight.double(), stride=stride)
+        else:
+            out = fastseg.ops.conv_transpose2d(x.double(), ours.weight.double(), stride=stride)
+            assert out.dtype == torch.float64
+
+
 def test_module_output_size_error():
     import fastseg.nn
 

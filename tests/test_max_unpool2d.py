@@ -167,6 +167,21 @@ def test_module_is_a_drop_in():
     assert torch.equal(ours(x, idx, output_size=[9, 7]), theirs(x, idx, output_size=[9, 7]))
 
 
+@pytest.mark.parametrize("backend_name", ["native", "triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_policy_is_torchs(backend_name, dtype):
+    """CPU autocast runs F.max_unpool2d in fp32 (its fp32 list): so does ours, gradient included."""
+    require_backend(backend_name, "cpu")
+    x, idx = pooled(2, 3, 8, 6, 2, 2, 0)
+    x = x.to(dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=dtype), fastseg.use_backend(backend_name):
+        got, want = fastseg.ops.max_unpool2d(x, idx, 2), F.max_unpool2d(x, idx, 2)
+    assert got.dtype == want.dtype == torch.float32
+    assert torch.equal(got, want)
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    assert gx.dtype == dtype and torch.equal(gx, torch.autograd.grad(want.sum(), x)[0])
+
+
 def test_opcheck_native():
     x, idx = pooled(2, 3, 6, 5, 2, 2, 0)
     torch.library.opcheck(torch.ops.fastseg.max_unpool2d.default, (x.requires_grad_(), idx, [6, 5]))

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch._prims_common import suggest_memory_format
 
 from fastseg import _extension, backend, reference
+from fastseg.ops import _autocast
 from fastseg.ops._checks import int_pair
 
 
@@ -87,6 +88,11 @@ def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, paddi
     def fail(msg):
         raise ValueError(f"max_unpool2d: {msg}")
 
+    if torch._C._is_any_autocast_enabled() and isinstance(input, Tensor):
+        dtype = _autocast.target_dtype(input.device.type, "fp32_on_cpu")
+        if dtype is not None:  # as torch.autocast treats F.max_unpool2d
+            with _autocast.off(input.device.type):
+                return max_unpool2d(*_autocast.cast(dtype, input), indices, kernel_size, stride, padding, output_size)
     if not isinstance(input, Tensor):
         fail(f"input must be a torch.Tensor, got {type(input).__name__}")
     if not isinstance(indices, Tensor):

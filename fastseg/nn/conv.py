@@ -6,6 +6,8 @@ from torch import Tensor
 
 from fastseg.ops.conv_transpose2d import conv_transpose2d
 
+torch.fx.wrap("conv_transpose2d")  # under torch.fx, forward's call is one node (fastseg/ops/__init__.py)
+
 
 class ConvTranspose2d(torch.nn.ConvTranspose2d):
     """Drop-in for ``torch.nn.ConvTranspose2d`` running ``fastseg.ops.conv_transpose2d``.

@@ -1,4 +1,6 @@
 """fastseg's operators: drop-in replacements for ``torchvision.ops`` (same signatures, same results)."""
+import torch.fx
+
 from fastseg.ops.anchors import AnchorGenerator, anchors_for, grid_anchors
 from fastseg.ops.box_coder import BoxCoder, box_decode, box_encode
 from fastseg.ops.boxes import (
@@ -13,6 +15,16 @@ from fastseg.ops.roi_align import RoIAlign, roi_align
 from fastseg.ops.roi_pool import RoIPool, roi_pool
 from fastseg.ops.sigmoid_focal_loss import sigmoid_focal_loss, sigmoid_focal_loss_with_labels
 from fastseg.ops.soft_nms import batched_soft_nms, soft_nms
+
+# torch.fx.symbolic_trace records `fastseg.ops.<op>(...)` on traced values as one call_function node, as
+# torchvision's ops are recorded, instead of tracing into argument checks that need real tensors. (The
+# modules' forwards reach their op through the wraps in the ops' own files.) No cost outside a trace.
+for _op in ("nms", "batched_nms", "soft_nms", "batched_soft_nms", "roi_align", "roi_pool", "grid_anchors",
+            "box_decode", "box_encode", "box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou",
+            "box_area", "clip_boxes_to_image", "remove_small_boxes", "box_convert", "sigmoid_focal_loss",
+            "sigmoid_focal_loss_with_labels", "conv_transpose2d", "max_unpool2d"):
+    torch.fx.wrap(_op)
+del _op
 
 __all__ = [
     "nms", "batched_nms", "soft_nms", "batched_soft_nms",

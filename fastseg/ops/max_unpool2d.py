@@ -121,6 +121,9 @@ class MaxUnpool2d(nn.MaxUnpool2d):
         return max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size)
 
 
+torch.fx.wrap("max_unpool2d")  # under torch.fx, forward's call is one node (fastseg/ops/__init__.py)
+
+
 if _extension.loaded():
 
     @torch.library.register_fake("fastseg::max_unpool2d")

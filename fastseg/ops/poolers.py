@@ -83,6 +83,23 @@ def multi_level_roi_align(features: List[Tensor], rois: Tensor, levels: Tensor, 
                 bool(aligned))
 
 
+@torch.fx.wrap  # one node under torch.fx (the scales need the maps' real shapes), as torchvision's pooler
+def pool_levels(features: List[Tensor], boxes: List[Tensor], image_shapes: List[Tuple[int, int]],
+                names: List[str], output_size, sampling_ratio: int, canonical_scale: int,
+                canonical_level: int) -> Tuple[Tensor, List[float], LevelMapper]:
+    """MultiScaleRoIAlign's forward on its filtered maps: the pooled RoIs, the maps' scales, the mapper."""
+    scales, map_levels = setup_scales(features, image_shapes, canonical_scale, canonical_level)
+    if len(features) == 1:
+        return roi_align(features[0], list(boxes), output_size, spatial_scale=scales[0],
+                         sampling_ratio=sampling_ratio), scales, map_levels
+    from fastseg.ops.roi_align import check_input, convert_boxes
+    for i, f in enumerate(features):
+        check_input("MultiScaleRoIAlign", f, f"x[{names[i] if i < len(names) else i}]")
+    rois = convert_boxes("MultiScaleRoIAlign", list(boxes), features[0])
+    levels = map_levels(list(boxes)) if len(boxes) else torch.zeros(0, dtype=torch.int64, device=rois.device)
+    return multi_level_roi_align(features, rois, levels, scales, output_size, sampling_ratio), scales, map_levels
+
+
 class MultiScaleRoIAlign(nn.Module):
     """Multi-scale RoIAlign pooling for FPN detectors, like ``torchvision.ops.MultiScaleRoIAlign``.
 
@@ -120,18 +137,12 @@ class MultiScaleRoIAlign(nn.Module):
         if not x_filtered:
             raise ValueError(f"MultiScaleRoIAlign: none of the featmap_names {self.featmap_names} is a key of x "
                              f"(keys: {list(x)})")
-        self.scales, self.map_levels = setup_scales(x_filtered, image_shapes, self.canonical_scale,
-                                                    self.canonical_level)
-        if len(x_filtered) == 1:
-            return roi_align(x_filtered[0], list(boxes), self.output_size, spatial_scale=self.scales[0],
-                             sampling_ratio=self.sampling_ratio)
-        from fastseg.ops.roi_align import check_input, convert_boxes
-        for i, f in enumerate(x_filtered):
-            check_input("MultiScaleRoIAlign", f, f"x[{self.featmap_names[i] if i < len(self.featmap_names) else i}]")
-        rois = convert_boxes("MultiScaleRoIAlign", list(boxes), x_filtered[0])
-        levels = self.map_levels(list(boxes)) if len(boxes) else torch.zeros(0, dtype=torch.int64,
-                                                                               device=rois.device)
-        return multi_level_roi_align(x_filtered, rois, levels, self.scales, self.output_size, self.sampling_ratio)
+        result = pool_levels(x_filtered, boxes, image_shapes, self.featmap_names, self.output_size,
+                             self.sampling_ratio, self.canonical_scale, self.canonical_level)
+        if isinstance(result, torch.fx.Proxy):  # a torch.fx trace: a node; the module keeps its real state
+            return result[0]
+        out, self.scales, self.map_levels = result
+        return out
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(featmap_names={self.featmap_names}, "

@@ -164,6 +164,9 @@ class RoIAlign(nn.Module):
                 f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, pool_mode={self.pool_mode!r})")
 
 
+torch.fx.wrap("roi_align")  # under torch.fx, forward's call is one node (fastseg/ops/__init__.py)
+
+
 # --- registration of the native ops: fake kernels and autograd --------------------------------------
 
 def output_like(features, rois: Tensor, pooled_height: int, pooled_width: int) -> Tensor:

@@ -70,6 +70,9 @@ class RoIPool(nn.Module):
         return f"{self.__class__.__name__}(output_size={self.output_size}, spatial_scale={self.spatial_scale})"
 
 
+torch.fx.wrap("roi_pool")  # under torch.fx, forward's call is one node (fastseg/ops/__init__.py)
+
+
 if _extension.loaded():
 
     @torch.library.register_fake("fastseg::roi_pool")

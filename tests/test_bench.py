@@ -42,6 +42,14 @@ def test_record_fields_and_speedup():
     assert r["repeats"] >= 3 and 0.5 < r["speedup"] < 2.0  # same work on both sides
 
 
+@pytest.mark.parametrize("isolated", [False, True], ids=["alternating", "isolated"])
+def test_a_deliberately_slower_side_reads_slower(isolated):
+    """Both timings see a 3 ms fastseg against a 1 ms peer as such, and say which timing ran."""
+    r = run_case(sleepy_case(extra_ms=2.0), "auto", quick=True, isolated=isolated)
+    assert 0.2 < r["speedup"] < 0.5 and 2.5 < r["fastseg_ms"] < 4.5 and 0.8 < r["peer_ms"] < 1.6
+    assert r["timing"] == ("isolated" if isolated else "alternating") and r["repeats"] >= 3
+
+
 def test_compare_flags_a_deliberate_slowdown():
     base = run_case(sleepy_case(), "auto", quick=True)
     slowed = run_case(sleepy_case(extra_ms=4.0), "auto", quick=True)  # 5x slower than the peer

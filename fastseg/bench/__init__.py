@@ -3,8 +3,8 @@
 One public module per op family in this package (``fastseg/bench/nms.py``...), each with
 ``cases(device, quick) -> list[Case]``; ``_core`` times, ``_report`` presents. Every case times a
 fastseg backend and its peer (torchvision or plain PyTorch) side by side in one process: the two run
-alternately, each repetition on the next of several input sets, GPU work is synchronised inside the
-timed region, and medians are reported. Before timing, every case asserts that fastseg's result equals
+alternately (or, with ``--isolated``, each in its own loop), each repetition on the next of several input
+sets, GPU work is synchronised inside the timed region, and medians are reported. Before timing, every case asserts that fastseg's result equals
 the peer's.
 """
 from __future__ import annotations
@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--backends", default=None,
                    help="comma-separated fastseg backends to time (default: auto; 'all': every one that can run, "
                         "except the slow ones on the CPU: the Triton interpreter, and the reference in --quick)")
+    p.add_argument("--isolated", action="store_true",
+                   help="time each implementation in its own loop, in blocks of consecutive calls (as "
+                        "torch.utils.benchmark does), instead of alternating their calls")
     p.add_argument("--json", default=None, metavar="PATH", help="write the results and the environment as JSON")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG: speed-ups, and time against problem size")
     p.add_argument("--compare", default=None, metavar="OLD.json",
@@ -92,7 +95,8 @@ def run(args) -> int:
     records = []
     for case, name in jobs:
         progress.step(f"{case.op} {case.shape} {str(case.dtype).replace('torch.', '')} {case.device} {name or ''}")
-        records.append(run_model_case(case, args.quick) if args.models else run_case(case, name, args.quick))
+        records.append(run_model_case(case, args.quick) if args.models
+                       else run_case(case, name, args.quick, args.isolated))
     progress.close()
     if args.update_auto:
         choices = backend.update_auto_table(records)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib
+import itertools
 import os
 import pkgutil
 import platform
@@ -72,27 +73,60 @@ def time_pair(case: Case, fn_a: Callable, fn_b: Callable, quick: bool) -> tuple[
             return times_a, times_b
 
 
+def time_isolated(case: Case, fn_a: Callable, fn_b: Callable, quick: bool) -> tuple[list[float], list[float]]:
+    """Each implementation in its own loop: blocks of consecutive calls (~20 ms a block), as
+    torch.utils.benchmark's ``blocked_autorange`` times an op, on the same rotating input sets as
+    `time_pair`. Alternating calls let each side's frees decide the other's page faults (a 16.8 MB output
+    faults in fresh or not depending on what the other side just gave back to glibc); here each side sees
+    only its own. Returns the seconds per call of each block, for both."""
+    inputs = [case.make(seed) for seed in range(3)]
+    budget = 0.3 if quick else 1.5  # seconds per implementation
+    min_blocks, max_blocks = (3, 30) if quick else (9, 100)
+    result = []
+    for fn in (fn_a, fn_b):
+        args = itertools.cycle(inputs)
+
+        def call(fn=fn, args=args):
+            fn(*next(args))
+            sync(case.device)
+
+        call()  # warm-up: first-call costs (allocation, autotuning, imports)
+        t0 = time.perf_counter()
+        call()
+        number = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-7)))
+        times, start = [], time.perf_counter()
+        while len(times) < min_blocks or (len(times) < max_blocks and time.perf_counter() - start < budget):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                call()
+            times.append((time.perf_counter() - t0) / number)
+        result.append(times)
+    return result[0], result[1]
+
+
 def rel_mad(times: list[float]) -> float:
     """Median absolute deviation over the median: the run's own noise."""
     m = statistics.median(times)
     return statistics.median(abs(t - m) for t in times) / m if m > 0 else 0.0
 
 
-def run_case(case: Case, backend_name: str, quick: bool) -> dict:
-    """Check fastseg (forced to `backend_name`) against the peer, then time both."""
+def run_case(case: Case, backend_name: str, quick: bool, isolated: bool = False) -> dict:
+    """Check fastseg (forced to `backend_name`) against the peer, then time both: alternately
+    (`time_pair`), or each in its own loop (`time_isolated`)."""
     def fast(*args):
         with fastseg.use_backend(backend_name):
             return case.fastseg(*args)
 
     args = case.make(0)
     case.check(fast(*args), case.peer(*args), args)  # correctness first
-    t_fast, t_peer = time_pair(case, fast, case.peer, quick)
+    t_fast, t_peer = (time_isolated if isolated else time_pair)(case, fast, case.peer, quick)
     fast_ms, peer_ms = statistics.median(t_fast) * 1e3, statistics.median(t_peer) * 1e3
     return {
         "op": case.op, "shape": case.shape, "size": case.size, "dtype": str(case.dtype).replace("torch.", ""),
         "device": case.device, "backend": backend_name,
         "auto": backend.auto_choice(case.op, case.device, case.impls),
         "fastseg_ms": fast_ms, "peer": case.peer_name, "peer_ms": peer_ms, "speedup": peer_ms / fast_ms,
+        "timing": "isolated" if isolated else "alternating",
         "repeats": len(t_fast), "fastseg_rel_mad": rel_mad(t_fast), "peer_rel_mad": rel_mad(t_peer),
         "fastseg_ms_all": [t * 1e3 for t in t_fast], "peer_ms_all": [t * 1e3 for t in t_peer],
     }

@@ -57,6 +57,9 @@ def test_compare_flags_a_deliberate_slowdown():
     assert regressions == 1
     report, regressions = compare([base], [base])
     assert regressions == 0 and "same" in report
+    isolated = dict(slowed, timing="isolated")  # another timing: not compared, not a regression
+    report, regressions = compare([base], [isolated])
+    assert regressions == 0 and "not compared (alternating vs isolated)" in report
 
 
 def test_check_runs_before_timing():

@@ -36,6 +36,11 @@ def compare(old: Sequence[dict], new: Sequence[dict], tolerance: float = 0.10) -
         if o is None:
             rows.append(list(key(r)) + ["-", f"{r['fastseg_ms']:.3f}", "-", f"{r['speedup']:.1f}x", "-", "new"])
             continue
+        timings = [x.get("timing", "alternating") for x in (o, r)]
+        if timings[0] != timings[1]:  # different page-fault regimes: the speed-ups do not compare
+            rows.append(list(key(r)) + [f"{o['fastseg_ms']:.3f}", f"{r['fastseg_ms']:.3f}", f"{o['speedup']:.1f}x",
+                                        f"{r['speedup']:.1f}x", "-", f"not compared ({timings[0]} vs {timings[1]})"])
+            continue
         noise = 3 * math.sqrt(sum(x.get(f, 0.0) ** 2 for x in (o, r) for f in ("fastseg_rel_mad", "peer_rel_mad")))
         threshold = max(tolerance, noise)
         change = o["speedup"] / r["speedup"] - 1  # > 0: fastseg got slower relative to the peer

@@ -3,9 +3,9 @@
 One public module per op family in this package (``fastseg/bench/nms.py``...), each with
 ``cases(device, quick) -> list[Case]``; ``_core`` times, ``_report`` presents. Every case times a
 fastseg backend and its peer (torchvision or plain PyTorch) side by side in one process: the two run
-alternately (or, with ``--isolated``, each in its own loop), each repetition on the next of several input
-sets, GPU work is synchronised inside the timed region, and medians are reported. Before timing, every case asserts that fastseg's result equals
-the peer's.
+alternately (or, with ``--isolated``, each in its own loop), each repetition on the next of several
+input sets, GPU work is synchronised inside the timed region, and medians are reported. Before timing,
+every case asserts that fastseg's result equals the peer's.
 """
 from __future__ import annotations
 

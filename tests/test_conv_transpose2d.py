@@ -371,11 +371,15 @@ def test_torch_compile():
     torch._dynamo.reset()
     x, w, b = make(2, 4, 3, 1, 2, 2, 6, 6)
 
-    @torch.compile
+    @torch.compile(fullgraph=True)  # no graph break, the autocast check included
     def f(x, w, b):
         return fastseg.ops.conv_transpose2d(x, w, b, stride=2, activation="relu") * 2
 
     check_close(f(x, w, b), expected(x, w, b, 2, 0, 0, 1, 1, relu=True) * 2, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # compiled under autocast: the autocast dtype
+        got, want = f(x, w, b), F.conv_transpose2d(x, w, b, stride=2).relu() * 2
+    assert got.dtype == want.dtype == torch.bfloat16
+    check_close(got, want.double(), torch.bfloat16)
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -161,6 +161,16 @@ void gather_nhwc(const T* gy, T* g, const ConvT2dParams& p, int64_t row0, int64_
   });
 }
 
+// How many of `rows` input rows (of `row_bytes` gathered grad_output each) the k == s backward gathers at
+// a time: ~2 MB, which stays in cache from the gather to both GEMMs, in one buffer reused block after
+// block (the whole gathered grad_output at once, 16.8 MB on U-Net's 128 -> 64 layer, was a fresh mmap
+// that page-faulted in on every call). fp16/bf16 take all rows: the weight gradient would otherwise be
+// summed block by block in 16 bits.
+int64_t gather_block_rows(const at::Tensor& input, int64_t row_bytes, int64_t rows) {
+  const bool fp = input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble;
+  return fp ? std::clamp<int64_t>((int64_t(2) << 20) / row_bytes, 1, rows) : rows;
+}
+
 // weight [Cin, Cout_g, kh, kw] -> [groups, Cin_g, kh * kw * Cout_g] (the channels_last GEMM's B).
 at::Tensor weight_khwc(const at::Tensor& weight, const ConvT2dParams& p) {
   return weight.reshape({p.groups, p.cin_g, p.cout_g, p.kh * p.kw}).permute({0, 1, 3, 2}).contiguous()
@@ -212,12 +222,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     const at::Tensor gy = grad_out.contiguous();
     const at::Tensor x = input.contiguous();
     const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
-    // Blocks of one image's input rows whose gathered grad_output is ~2 MB, as in channels_last below: in
-    // cache from the gather to both GEMMs, and one buffer reused block after block (the whole batch's at
-    // once was a fresh mmap that page-faulted in on every call). fp16/bf16: one image per block.
-    const int64_t row_bytes = p.cout * k * p.w * static_cast<int64_t>(input.element_size());
-    const bool fp = input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble;
-    const int64_t block = fp ? std::clamp<int64_t>((int64_t(2) << 20) / row_bytes, 1, p.h) : p.h;
+    // Blocks of one image's input rows (fp16/bf16: the whole image; the images' weight gradients are
+    // summed in 16 bits as before).
+    const int64_t block =
+        gather_block_rows(input, p.cout * k * p.w * static_cast<int64_t>(input.element_size()), p.h);
     at::Tensor g = at::empty({p.cout * k * block * p.w}, input.options());  // [Cout * k, rows * W] per block
     grad_weight = at::zeros({p.cin, p.cout_g * k}, input.options());
     for (int64_t n = 0; n < p.n; ++n) {
@@ -245,13 +253,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
                              .reshape({p.n * plane, p.cin});
     const at::Tensor w = weight_khwc(weight, p);
     at::Tensor gi = grad_input.permute({0, 2, 3, 1}).view({p.n * plane, p.cin});  // shares grad_input's storage
-    // Blocks of input rows whose gathered grad_output is ~2 MB: it stays in cache from the gather to the
-    // two GEMMs, and the temporary is reused block after block. The whole of it at once (16.8 MB on U-Net's
-    // 128 -> 64 layer) came from a fresh mmap that page-faulted in on every call. fp16/bf16 run as one
-    // block: the weight gradient would otherwise be summed block by block in 16 bits.
-    const int64_t rows = p.n * p.h, row_bytes = p.w * k * p.cout * static_cast<int64_t>(input.element_size());
-    const bool fp = input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble;
-    const int64_t block = fp ? std::clamp<int64_t>((int64_t(2) << 20) / row_bytes, 1, rows) : rows;
+    // Blocks of input rows across images.
+    const int64_t rows = p.n * p.h;
+    const int64_t block = gather_block_rows(input, p.w * k * p.cout * static_cast<int64_t>(input.element_size()), rows);
     at::Tensor g = at::empty({p.groups, block * p.w, k * p.cout_g}, input.options());
     at::Tensor gw = at::zeros({p.groups, p.cin_g, k * p.cout_g}, input.options());
     for (int64_t row0 = 0; row0 < rows; row0 += block) {
@@ -327,7 +331,7 @@ Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::Memory
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
-  // costs. NCHW k == s (U-Net): our gather + GEMMs image by image on layers with <= 64 channels on a
+  // costs. NCHW k == s (U-Net): our gather + GEMMs in row blocks on layers with <= 64 channels on a
   // side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the harness), oneDNN's NCHW backward on wider ones
   // (256 -> 128: 20.4 vs 24-27 ms; the round trip through channels_last was slower still).
   if (p.shuffle()) return std::min(p.cin, p.cout) <= 64 ? Route::kShuffle : Route::kOneDnn;

@@ -49,6 +49,11 @@ def sync(device: str):
         torch.cuda.synchronize()
 
 
+def repetitions(quick: bool) -> tuple[float, int, int]:
+    """Seconds per implementation, and the least and most repetitions (or blocks) of it."""
+    return (0.3, 3, 30) if quick else (1.5, 9, 100)
+
+
 def time_pair(case: Case, fn_a: Callable, fn_b: Callable, quick: bool) -> tuple[list[float], list[float]]:
     """Alternate runs of fn_a and fn_b, each repetition on the next of three input sets (so that a
     memory-bound kernel is not flattered by a warm cache), synchronising the GPU inside the timed
@@ -56,8 +61,7 @@ def time_pair(case: Case, fn_a: Callable, fn_b: Callable, quick: bool) -> tuple[
     inputs = [case.make(seed) for seed in range(3)]
     fn_a(*inputs[0]), fn_b(*inputs[0])  # warm-up: first-call costs (allocation, autotuning, imports)
     sync(case.device)
-    budget = 0.3 if quick else 1.5  # seconds per implementation
-    min_reps, max_reps = (3, 30) if quick else (9, 100)
+    budget, min_reps, max_reps = repetitions(quick)
     times_a, times_b = [], []
     start = time.perf_counter()
     while True:
@@ -80,8 +84,7 @@ def time_isolated(case: Case, fn_a: Callable, fn_b: Callable, quick: bool) -> tu
     faults in fresh or not depending on what the other side just gave back to glibc); here each side sees
     only its own. Returns the seconds per call of each block, for both."""
     inputs = [case.make(seed) for seed in range(3)]
-    budget = 0.3 if quick else 1.5  # seconds per implementation
-    min_blocks, max_blocks = (3, 30) if quick else (9, 100)
+    budget, min_blocks, max_blocks = repetitions(quick)
     result = []
     for fn in (fn_a, fn_b):
         args = itertools.cycle(inputs)

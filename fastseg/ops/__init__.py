@@ -16,16 +16,6 @@ from fastseg.ops.roi_pool import RoIPool, roi_pool
 from fastseg.ops.sigmoid_focal_loss import sigmoid_focal_loss, sigmoid_focal_loss_with_labels
 from fastseg.ops.soft_nms import batched_soft_nms, soft_nms
 
-# torch.fx.symbolic_trace records `fastseg.ops.<op>(...)` on traced values as one call_function node, as
-# torchvision's ops are recorded, instead of tracing into argument checks that need real tensors. (The
-# modules' forwards reach their op through the wraps in the ops' own files.) No cost outside a trace.
-for _op in ("nms", "batched_nms", "soft_nms", "batched_soft_nms", "roi_align", "roi_pool", "grid_anchors",
-            "box_decode", "box_encode", "box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou",
-            "box_area", "clip_boxes_to_image", "remove_small_boxes", "box_convert", "sigmoid_focal_loss",
-            "sigmoid_focal_loss_with_labels", "conv_transpose2d", "max_unpool2d"):
-    torch.fx.wrap(_op)
-del _op
-
 __all__ = [
     "nms", "batched_nms", "soft_nms", "batched_soft_nms",
     "roi_align", "RoIAlign", "roi_pool", "RoIPool", "MultiScaleRoIAlign",
@@ -35,3 +25,11 @@ __all__ = [
     "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels",
     "conv_transpose2d", "max_unpool2d", "MaxUnpool2d", "empty_cache",
 ]
+
+# torch.fx.symbolic_trace records `fastseg.ops.<op>(...)` on traced values as one call_function node, as
+# torchvision's ops are recorded, instead of tracing into argument checks that need real tensors. (The
+# modules' forwards reach their op through the wraps in the ops' own files.) No cost outside a trace.
+for _op in __all__:
+    if _op[0].islower():  # the functions; the classes are modules, traced into
+        torch.fx.wrap(_op)
+del _op

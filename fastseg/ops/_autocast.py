@@ -20,7 +20,7 @@ from torch import Tensor
 
 def target_dtype(device_type: str, policy: str) -> torch.dtype | None:
     """The dtype autocast gives an op of `policy` on `device_type` now, or None to leave it as it is."""
-    if not torch._C._is_any_autocast_enabled() or not torch.is_autocast_enabled(device_type):
+    if not torch.is_autocast_enabled(device_type):
         return None
     if policy == "lower_precision":
         return torch.get_autocast_dtype(device_type)

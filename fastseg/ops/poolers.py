@@ -89,14 +89,15 @@ def pool_levels(features: List[Tensor], boxes: List[Tensor], image_shapes: List[
                 canonical_level: int) -> Tuple[Tensor, List[float], LevelMapper]:
     """MultiScaleRoIAlign's forward on its filtered maps: the pooled RoIs, the maps' scales, the mapper."""
     scales, map_levels = setup_scales(features, image_shapes, canonical_scale, canonical_level)
+    boxes = list(boxes)
     if len(features) == 1:
-        return roi_align(features[0], list(boxes), output_size, spatial_scale=scales[0],
+        return roi_align(features[0], boxes, output_size, spatial_scale=scales[0],
                          sampling_ratio=sampling_ratio), scales, map_levels
     from fastseg.ops.roi_align import check_input, convert_boxes
     for i, f in enumerate(features):
         check_input("MultiScaleRoIAlign", f, f"x[{names[i] if i < len(names) else i}]")
-    rois = convert_boxes("MultiScaleRoIAlign", list(boxes), features[0])
-    levels = map_levels(list(boxes)) if len(boxes) else torch.zeros(0, dtype=torch.int64, device=rois.device)
+    rois = convert_boxes("MultiScaleRoIAlign", boxes, features[0])
+    levels = map_levels(boxes) if boxes else torch.zeros(0, dtype=torch.int64, device=rois.device)
     return multi_level_roi_align(features, rois, levels, scales, output_size, sampling_ratio), scales, map_levels
 
 

@@ -12,6 +12,8 @@ struct ConvT2dParams {
   int64_t n, cin, h, w, cout, cout_g, cin_g, kh, kw, ho, wo;
   // kernel == stride and no dilation: every output pixel receives exactly one tap, so the op is one
   // GEMM per group followed by a pixel-shuffle-like scatter (U-Net's k2 s2 up-convolution).
+  // No output element (an empty batch, or an output with no rows or columns): nothing to compute.
+  bool empty_output() const { return n == 0 || ho == 0 || wo == 0; }
   bool shuffle() const { return kh == sh && kw == sw && (dh == 1 || kh == 1) && (dw == 1 || kw == 1); }
 };
 
@@ -57,9 +59,12 @@ inline ConvT2dParams check_conv_transpose2d(const char* op, const at::Tensor& in
   p.kh = weight.size(2), p.kw = weight.size(3);
   p.ho = (p.h - 1) * p.sh - 2 * p.ph + p.dh * (p.kh - 1) + p.oph + 1;
   p.wo = (p.w - 1) * p.sw - 2 * p.pw + p.dw * (p.kw - 1) + p.opw + 1;
-  TORCH_CHECK((p.ho > 0 && p.wo > 0) || (p.n == 0 && p.ho >= 0 && p.wo >= 0), op,
-              ": the output size would be ", p.ho, " x ", p.wo, " for input ", input.sizes(),
-              ": padding is too large");
+  // As PyTorch: an empty image is refused unless the batch is empty, and an output with no rows or no
+  // columns is a valid (empty) answer.
+  TORCH_CHECK(p.n == 0 || (p.h > 0 && p.w > 0), op,
+              ": input must have a non-empty image unless the batch is empty, got shape ", input.sizes());
+  TORCH_CHECK(p.ho >= 0 && p.wo >= 0, op, ": the output size would be ", p.ho, " x ", p.wo, " for input ",
+              input.sizes(), ": padding is too large");
   return p;
 }
 

@@ -247,12 +247,14 @@ def _conv_transpose2d_backward(grad_output: torch.Tensor, input: torch.Tensor, w
     grad_bias = grad_output.sum((0, 2, 3))
     consts = dict(SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
                   KH=kh, KW=kw, IEEE=input.dtype == torch.float32)
-    if grad_input.numel():
+    if grad_output.numel() == 0:
+        grad_input.zero_()
+    elif grad_input.numel():
         grid = (n * triton.cdiv(h * w, BLOCK_P), groups * triton.cdiv(cin_g, BLOCK_C))
         _bwd_input_kernel[grid](grad_output, weight, grad_input, h, w, ho, wo, cin_g, cout_g,
                                 *grad_output.stride(), *weight.stride(), *grad_input.stride(), **consts,
                                 BLOCK_P=BLOCK_P, BLOCK_CI=BLOCK_C, BLOCK_CO=BLOCK_K)
-    if n == 0:
+    if grad_output.numel() == 0:  # no output element (empty batch, or no output rows or columns)
         grad_weight.zero_()
     else:
         grid = (kh * kw, groups * triton.cdiv(cin_g, BLOCK_C), triton.cdiv(cout_g, BLOCK_C))

@@ -402,7 +402,8 @@ BAD = [
     (dict(b=torch.randn(3, dtype=torch.float64)), "bias must have the dtype and device of input"),
     (dict(w=torch.randn(4, 3, 2, 2, dtype=torch.float64)), "weight must have the dtype of input"),
     (dict(x=torch.randint(0, 3, (1, 4, 5, 5))), "input must be a floating-point tensor, got torch.int64"),
-    (dict(padding=5), "the output size would be"),
+    (dict(padding=6), "the output size would be -2 x -2"),
+    (dict(x=torch.randn(1, 4, 0, 5)), r"input must have a non-empty image unless the batch is empty, got shape \[1, 4, 0, 5\]"),
     (dict(x=[1, 2]), "input must be a torch.Tensor, got list"),
     (dict(activation="gelu"), "activation must be one of"),
 ]
@@ -414,10 +415,27 @@ def test_bad_input(backend_name, bad, match):
     kw = dict(x=torch.randn(1, 4, 5, 5), w=torch.randn(4, 3, 2, 2), b=torch.randn(3), stride=2, padding=0,
               output_padding=0, groups=1, dilation=1, activation=None)
     kw.update(bad)
-    with pytest.raises(ValueError, match="conv_transpose2d: " + match):
+    with pytest.raises(fastseg.ops.ArgumentError, match="conv_transpose2d: " + match) as err:
         with fastseg.use_backend(backend_name):
             fastseg.ops.conv_transpose2d(kw["x"], kw["w"], kw["b"], kw["stride"], kw["padding"], kw["output_padding"],
                                          kw["groups"], kw["dilation"], activation=kw["activation"])
+    # A ValueError, and a RuntimeError as PyTorch's checks raise, so torch-era `except` clauses still work.
+    assert isinstance(err.value, ValueError) and isinstance(err.value, RuntimeError)
+
+
+def test_output_with_no_rows_is_empty(backend_name):
+    """Padding that leaves no output row is valid, as in PyTorch's oneDNN route: an empty output, zero
+    gradients (not the uninitialised memory of an empty_like)."""
+    require_backend(backend_name, "cpu")
+    x, w, b = torch.randn(2, 2, 1, 3), torch.randn(2, 3, 4, 2), torch.randn(6)
+    args = dict(stride=(1, 3), padding=(2, 3), output_padding=(0, 2), groups=2, dilation=(1, 2))
+    leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+    with fastseg.use_backend(backend_name):
+        out = fastseg.ops.conv_transpose2d(*leaves, **args)
+    assert out.shape == F.conv_transpose2d(x, w, b, **args).shape == (2, 6, 0, 5)
+    out.sum().backward()
+    for t in leaves:
+        assert torch.equal(t.grad, torch.zeros_like(t))
 
 
 def test_native_op_checks_directly():

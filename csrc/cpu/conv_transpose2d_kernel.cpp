@@ -394,7 +394,7 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
       check_conv_transpose2d("conv_transpose2d", input, weight, stride, padding, output_padding, groups, dilation);
   if (bias.has_value() && bias->defined()) check_bias("conv_transpose2d", *bias, input, p.cout);
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
-  if (p.n == 0) return at::empty({0, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
+  if (p.empty_output()) return at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
   const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
   switch (forward_route(input, p, fmt)) {
     case Route::kDirect:
@@ -428,8 +428,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
   const ConvT2dParams p = check_conv_transpose2d_backward(grad_output, input, weight, stride, padding,
                                                           output_padding, groups, dilation);
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
-  if (p.n == 0)
-    return {at::empty_like(input), at::zeros_like(weight), at::zeros({p.cout}, input.options())};
+  if (p.empty_output())  // no output element: every gradient is zero
+    return {at::zeros_like(input).contiguous(fmt), at::zeros_like(weight).contiguous(), at::zeros({p.cout}, input.options())};
   const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
   const Route route = backward_route(input, p, fmt);
   if (route == Route::kDirect && direct_conv_transpose2d_fits(input, p)) {

@@ -140,7 +140,7 @@ at::Tensor conv_transpose2d_cuda(const at::Tensor& input, const at::Tensor& weig
   if (has_bias) check_bias("conv_transpose2d", *bias, input, p.cout);
   const at::cuda::CUDAGuard guard(input.device());
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
-  if (p.n == 0) return at::empty({0, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
+  if (p.empty_output()) return at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
   if (!p.shuffle()) {
     at::Tensor out = at::convolution(input, weight, bias, stride, padding, dilation, /*transposed=*/true,
                                      output_padding, groups);
@@ -173,8 +173,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cuda(
                                                           output_padding, groups, dilation);
   const at::cuda::CUDAGuard guard(input.device());
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
-  if (p.n == 0)
-    return {at::empty_like(input).contiguous(fmt), at::zeros_like(weight).contiguous(), at::zeros({p.cout}, input.options())};
+  if (p.empty_output())  // no output element: every gradient is zero
+    return {at::zeros_like(input).contiguous(fmt), at::zeros_like(weight).contiguous(), at::zeros({p.cout}, input.options())};
   if (!p.shuffle()) {
     auto r = at::convolution_backward(grad_output, input, weight, std::vector<int64_t>{p.cout}, stride, padding,
                                       dilation, /*transposed=*/true, output_padding, groups, {true, true, true});

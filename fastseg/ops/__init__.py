@@ -2,6 +2,7 @@
 import torch.fx
 
 from fastseg.ops.anchors import AnchorGenerator, anchors_for, grid_anchors
+from fastseg.ops._checks import ArgumentError
 from fastseg.ops.box_coder import BoxCoder, box_decode, box_encode
 from fastseg.ops.boxes import (
     box_area, box_convert, box_iou, clip_boxes_to_image, complete_box_iou, distance_box_iou,
@@ -23,13 +24,13 @@ __all__ = [
     "box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou", "box_area",
     "clip_boxes_to_image", "remove_small_boxes", "box_convert",
     "sigmoid_focal_loss", "sigmoid_focal_loss_with_labels",
-    "conv_transpose2d", "max_unpool2d", "MaxUnpool2d", "empty_cache",
+    "conv_transpose2d", "max_unpool2d", "MaxUnpool2d", "empty_cache", "ArgumentError",
 ]
 
 # torch.fx.symbolic_trace records `fastseg.ops.<op>(...)` on traced values as one call_function node, as
 # torchvision's ops are recorded, instead of tracing into argument checks that need real tensors. (The
 # modules' forwards reach their op through the wraps in the ops' own files.) No cost outside a trace.
 for _op in __all__:
-    if _op[0].islower():  # the functions; the classes are modules, traced into
+    if _op[0].islower():  # the functions; the classes are modules (traced into) and ArgumentError
         torch.fx.wrap(_op)
 del _op

@@ -8,15 +8,20 @@ import torch
 from torch import Tensor
 
 
+class ArgumentError(ValueError, RuntimeError):
+    """A bad argument to a fastseg op. A ValueError, and a RuntimeError too because that is what PyTorch's
+    own checks raise: code written against ``torch.nn.functional`` catches it unchanged."""
+
+
 def number(op: str, name: str, value) -> float:
     """`value` as a float: a real number, or a one-element CPU tensor; bool and NaN are refused."""
     if isinstance(value, Tensor) and value.numel() == 1 and value.device.type == "cpu":
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{op}: {name} must be a number, got {value!r}")
+        raise ArgumentError(f"{op}: {name} must be a number, got {value!r}")
     value = float(value)
     if math.isnan(value):
-        raise ValueError(f"{op}: {name} must be a number, got nan")
+        raise ArgumentError(f"{op}: {name} must be a number, got nan")
     return value
 
 
@@ -28,8 +33,8 @@ def int_pair(op: str, name: str, value, minimum: int) -> list[int]:
     if len(vals) == 1:
         vals = vals * 2
     if len(vals) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in vals):
-        raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+        raise ArgumentError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
     vals = [int(v) for v in vals]
     if any(v < minimum for v in vals):
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value!r}")
+        raise ArgumentError(f"{op}: {name} must be >= {minimum}, got {value!r}")
     return vals

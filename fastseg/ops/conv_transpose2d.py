@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fastseg import _extension, backend, reference
 from fastseg.ops import _autocast
-from fastseg.ops._checks import int_pair
+from fastseg.ops._checks import ArgumentError, int_pair
 
 ACTIVATIONS = (None, "relu")
 
@@ -47,7 +47,7 @@ def output_size(h: int, w: int, kernel, stride, padding, output_padding, dilatio
 
 def _check(op, input, weight, bias, stride, padding, output_padding, groups, dilation, activation):
     def fail(msg):
-        raise ValueError(f"{op}: {msg}")
+        raise ArgumentError(f"{op}: {msg}")
 
     if not isinstance(input, Tensor):
         fail(f"input must be a torch.Tensor, got {type(input).__name__}")
@@ -92,9 +92,13 @@ def _check(op, input, weight, bias, stride, padding, output_padding, groups, dil
                  f"{bias.dtype}, {bias.device}")
     if activation not in ACTIVATIONS:
         fail(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    ho, wo = output_size(input.shape[-2], input.shape[-1], weight.shape[2:], stride, padding, output_padding, dilation)
+    # As PyTorch: an empty image is refused unless the batch is empty, and an output with no rows or no
+    # columns is a valid (empty) answer.
     empty_batch = input.dim() == 4 and input.shape[0] == 0
-    if ho < 0 or wo < 0 or (ho == 0 or wo == 0) and not empty_batch:
+    if not empty_batch and (input.shape[-2] == 0 or input.shape[-1] == 0):
+        fail(f"input must have a non-empty image unless the batch is empty, got shape {list(input.shape)}")
+    ho, wo = output_size(input.shape[-2], input.shape[-1], weight.shape[2:], stride, padding, output_padding, dilation)
+    if ho < 0 or wo < 0:
         fail(f"the output size would be {ho} x {wo} for input {list(input.shape)}, kernel "
              f"{list(weight.shape[2:])}, stride {stride}, padding {padding}: padding is too large")
     return stride, padding, output_padding, groups, dilation

@@ -15,7 +15,7 @@ from torch._prims_common import suggest_memory_format
 
 from fastseg import _extension, backend, reference
 from fastseg.ops import _autocast
-from fastseg.ops._checks import int_pair
+from fastseg.ops._checks import ArgumentError, int_pair
 
 
 def _native(input, indices, output_size):
@@ -40,17 +40,17 @@ def output_size_of(input_hw, kernel_size, stride=None, padding=0, output_size=No
     default = [(n - 1) * s + k - 2 * p for n, s, k, p in zip(input_hw, stride, kernel, padding)]
     if output_size is None:
         if min(default) < 0:
-            raise ValueError(f"max_unpool2d: the output size would be {default}: padding is too large")
+            raise ArgumentError(f"max_unpool2d: the output size would be {default}: padding is too large")
         return default
     size = list(output_size)
     if len(size) == 4:
         size = size[2:]
     if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in size):
-        raise ValueError(f"max_unpool2d: output_size must be (H_out, W_out) or (N, C, H_out, W_out), "
+        raise ArgumentError(f"max_unpool2d: output_size must be (H_out, W_out) or (N, C, H_out, W_out), "
                          f"got {output_size!r}")
     for d in range(2):
         if not default[d] - stride[d] < size[d] < default[d] + stride[d]:
-            raise ValueError(f"max_unpool2d: output_size {size} must lie strictly between {default[d] - stride[d]} "
+            raise ArgumentError(f"max_unpool2d: output_size {size} must lie strictly between {default[d] - stride[d]} "
                              f"and {default[d] + stride[d]} in dimension {d} (the default is {default})")
     return [int(v) for v in size]
 
@@ -86,7 +86,7 @@ def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, paddi
                   [0., 6., 0., 8.]]]])
     """
     def fail(msg):
-        raise ValueError(f"max_unpool2d: {msg}")
+        raise ArgumentError(f"max_unpool2d: {msg}")
 
     if torch._C._is_any_autocast_enabled() and isinstance(input, Tensor):
         dtype = _autocast.target_dtype(input.device.type, "fp32_on_cpu")

@@ -35,10 +35,10 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     n, cin, h, w = x.shape
     _, cout_g, kh, kw = weight.shape
 
-    if n == 0:  # F.conv2d refuses the empty, possibly zero-width image; the answer is empty anyway
-        ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
-        wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
-        out = x.new_zeros(0, cout_g * groups, ho, wo) + (x.sum() + weight.sum()) * 0  # in the graph: zero grads
+    ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
+    wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
+    if n == 0 or ho == 0 or wo == 0:  # F.conv2d refuses these (empty image or kernel larger than it); no output
+        out = x.new_zeros(n, cout_g * groups, ho, wo) + (x.sum() + weight.sum()) * 0  # in the graph: zero grads
         if bias is not None:
             out = out + bias.view(1, -1, 1, 1) * 0
         return out.squeeze(0) if unbatched else out

@@ -38,6 +38,7 @@ class MaxUnpool2dFunction : public torch::autograd::Function<MaxUnpool2dFunction
       // gather in ATen ops (fastseg/ops/max_unpool2d.py: unpool_grad) instead of the kernel.
       const at::Tensor& g = grads[0];
       const int64_t n = indices.size(0), c = indices.size(1), h = indices.size(2), w = indices.size(3);
+      if (g.size(2) * g.size(3) == 0) return {at::zeros(indices.sizes(), g.options()), at::Tensor(), at::Tensor()};
       const at::Tensor gi = g.reshape({n, c, g.size(2) * g.size(3)}).gather(2, indices.reshape({n, c, h * w}));
       return {gi.view({n, c, h, w}), at::Tensor(), at::Tensor()};
     }

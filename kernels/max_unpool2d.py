@@ -39,7 +39,7 @@ def _max_unpool2d_op(input: torch.Tensor, indices: torch.Tensor, output_size: li
     out = torch.empty((N, C, *output_size), dtype=input.dtype, device=input.device,
                       memory_format=suggest_memory_format(input)).zero_()
     total = input.numel()
-    if total:
+    if total and out.numel():
         # The flat position j = h_out * W_out + w_out has stride out.stride(3) in both memory formats.
         _unpool_kernel[(triton.cdiv(total, BLOCK),)](input, indices, out, total, C, H, W, *input.stride(),
                                                       *indices.stride(), out.stride(0), out.stride(1), out.stride(3),

@@ -99,6 +99,20 @@ def test_unbatched_and_empty(backend_name):
 
 
 @pytest.mark.parametrize("backend_name", ["native", "triton", "torch"])
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_empty_output_plane(backend_name, create_graph):
+    """An output plane with no rows is written nothing and checks no index, as PyTorch's forward; the
+    gradient is zero (PyTorch's backward raises an out-of-bounds gather there)."""
+    require_backend(backend_name, "cpu")
+    x = torch.randn(2, 3, 1, 3, requires_grad=True)
+    idx = torch.randint(0, 10, x.shape)
+    out = run(backend_name, x, idx, (2, 3), None, (1, 0))
+    assert out.shape == F.max_unpool2d(x, idx, (2, 3), None, (1, 0)).shape == (2, 3, 0, 9)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=create_graph)
+    assert torch.equal(grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("backend_name", ["native", "triton", "torch"])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gradient(backend_name, channels_last):
     """The gradient is the output gradient at each value's index (PyTorch's); fp64 gradcheck."""
@@ -131,6 +145,8 @@ BAD = [
     (dict(padding=-1), "padding must be >= 0, got -1"),
     (dict(output_size=(9, 8)), r"output_size \[9, 8\] must lie strictly between 4 and 8 in dimension 0"),
     (dict(output_size=(1, 2, 3)), r"output_size must be \(H_out, W_out\)"),
+    (dict(x=torch.randn(0, 2, 3, 4), idx=torch.zeros(0, 2, 3, 4, dtype=torch.int64), output_size=(-1, 8)),
+     r"output_size must be >= 0, got \(-1, 8\)"),
     (dict(x=torch.ones(1, 2, 3, 4, dtype=torch.int64)), "input must be a floating-point tensor, got torch.int64"),
     (dict(idx=torch.full((1, 2, 3, 4), 48, dtype=torch.int64)), r"indices must lie in \[0, H_out \* W_out\)"),
     (dict(idx=torch.full((1, 2, 3, 4), -1, dtype=torch.int64)), r"indices must lie in \[0, H_out \* W_out\)"),
@@ -144,8 +160,10 @@ def test_bad_input(backend_name, bad, match):
     x, idx = pooled(1, 2, 6, 8, 2, 2, 0)
     args = dict(x=x, idx=idx, kernel=2, stride=None, padding=0, output_size=None)
     args.update(bad)
-    with pytest.raises((ValueError, RuntimeError), match=match):
+    with pytest.raises(RuntimeError, match=match) as err:  # what PyTorch raises (ValueError for output_size)
         run(backend_name, args["x"], args["idx"], args["kernel"], args["stride"], args["padding"], args["output_size"])
+    if "indices must lie" not in match:  # the native kernel's own index check raises a plain RuntimeError
+        assert isinstance(err.value, fastseg.ops.ArgumentError) and isinstance(err.value, ValueError)
 
 
 def test_native_op_checks_directly():

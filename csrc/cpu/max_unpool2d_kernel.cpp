@@ -93,10 +93,7 @@ at::Tensor max_unpool2d_cpu(const at::Tensor& input, const at::Tensor& indices, 
   at::Tensor out = at::empty({input.size(0), input.size(1), output_size[0], output_size[1]},
                              input.options().memory_format(fmt));
   const int64_t in_plane = input.size(2) * input.size(3), out_plane = output_size[0] * output_size[1];
-  if (out.numel() == 0) {
-    TORCH_CHECK(x.numel() == 0, "max_unpool2d: an empty ", output_size, " output plane cannot hold any input");
-    return out;
-  }
+  if (out.numel() == 0) return out;  // as PyTorch: nothing is written, so no index is checked
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_unpool2d_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast)
@@ -139,6 +136,7 @@ at::Tensor max_unpool2d_backward_cpu(const at::Tensor& grad_output, const at::Te
   at::Tensor grad_input = at::empty(indices.sizes(), grad_output.options().memory_format(fmt));
   const int64_t n = indices.size(0), channels = indices.size(1);
   const int64_t in_plane = indices.size(2) * indices.size(3), out_plane = g.size(2) * g.size(3);
+  if (out_plane == 0) return grad_input.zero_();  // an empty output plane received no value
   BadIndex bad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "max_unpool2d_backward_cpu", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();

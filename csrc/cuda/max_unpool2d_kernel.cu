@@ -73,6 +73,7 @@ at::Tensor max_unpool2d_cuda(const at::Tensor& input, const at::Tensor& indices,
   const at::MemoryFormat fmt = input.suggest_memory_format();
   at::Tensor out = at::zeros({input.size(0), input.size(1), output_size[0], output_size[1]},
                              input.options().memory_format(fmt));
+  if (out.numel() == 0) return out;  // as PyTorch: nothing is written, so no index is checked
   run_unpool</*Backward=*/false>(input.contiguous(fmt), indices.contiguous(fmt), out,
                                  fmt == at::MemoryFormat::ChannelsLast, output_size);
   return out;
@@ -83,6 +84,7 @@ at::Tensor max_unpool2d_backward_cuda(const at::Tensor& grad_output, const at::T
   c10::cuda::CUDAGuard guard(grad_output.device());
   const at::MemoryFormat fmt = indices.suggest_memory_format();
   at::Tensor grad_input = at::empty(indices.sizes(), grad_output.options().memory_format(fmt));
+  if (grad_output.numel() == 0) return grad_input.zero_();  // an empty output plane received no value
   run_unpool</*Backward=*/true>(grad_output.contiguous(fmt), indices.contiguous(fmt), grad_input,
                                 fmt == at::MemoryFormat::ChannelsLast, {grad_output.size(2), grad_output.size(3)});
   return grad_input;

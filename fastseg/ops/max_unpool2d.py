@@ -48,6 +48,8 @@ def output_size_of(input_hw, kernel_size, stride=None, padding=0, output_size=No
     if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in size):
         raise ArgumentError(f"max_unpool2d: output_size must be (H_out, W_out) or (N, C, H_out, W_out), "
                          f"got {output_size!r}")
+    if min(size) < 0:
+        raise ArgumentError(f"max_unpool2d: output_size must be >= 0, got {output_size!r}")
     for d in range(2):
         if not default[d] - stride[d] < size[d] < default[d] + stride[d]:
             raise ArgumentError(f"max_unpool2d: output_size {size} must lie strictly between {default[d] - stride[d]} "
@@ -58,6 +60,8 @@ def output_size_of(input_hw, kernel_size, stride=None, padding=0, output_size=No
 def unpool_grad(grad: Tensor, indices: Tensor) -> Tensor:
     """Gradient of max unpooling with respect to its input: grad at each value's index."""
     n, c, h, w = indices.shape
+    if grad.shape[2] * grad.shape[3] == 0:  # an empty output plane received no value
+        return grad.new_zeros(indices.shape)
     return grad.reshape(n, c, grad.shape[2] * grad.shape[3]).gather(2, indices.reshape(n, c, h * w)).view(n, c, h, w)
 
 

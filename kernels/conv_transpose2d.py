@@ -25,7 +25,7 @@ Tensors are addressed through their strides, so NCHW and channels_last run witho
 takes PyTorch's memory format. The ops are ``torch.library.custom_op`` s
 ``fastseg_triton::conv_transpose2d`` and ``fastseg_triton::conv_transpose2d_backward`` with fake
 kernels and autograd. fp16/bf16 are accumulated in fp32; fp32 uses IEEE products (no TF32) to match
-PyTorch. fp64 is not supported by ``tl.dot``: the op raises NotImplementedError for it.
+PyTorch, and so does bf16 under the interpreter (``_ieee``). fp64 is not supported by ``tl.dot``: the op raises NotImplementedError for it.
 """
 from typing import List, Optional, Tuple
 
@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fastseg.backend import triton_interpreting
 from fastseg.ops.conv_transpose2d import _memory_format, _out_shape, fake_backward, make_backward, setup_context
 
 # Tile sizes: tl.dot needs >= 16 per dimension. Small on purpose: the layers of the bundled networks
@@ -44,10 +45,17 @@ BLOCK_K = 32
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, input_precision="ieee")
+    if IEEE:  # fp32 operands (a no-op for fp32 tiles), IEEE products: no TF32
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+def _ieee(dtype: torch.dtype) -> bool:
+    """Whether the products run as IEEE fp32: for fp32 (PyTorch has no TF32 by default), and for bf16 under
+    the interpreter, whose tl.dot returns garbage for bf16 tiles (no bf16 arithmetic in NumPy). bf16
+    products are exact in fp32, so the answer is the tensor-core one: fp32 sums of exact products."""
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and triton_interpreting())
 
 
 @triton.jit
@@ -224,7 +232,7 @@ def _conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[
         input, weight, bias if bias is not None else input, out,
         h, w, ho, wo, cin_g, cout_g, *input.stride(), *weight.stride(), *out.stride(),
         SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1], KH=kh, KW=kw,
-        HAS_BIAS=bias is not None, RELU=relu, IEEE=input.dtype == torch.float32,
+        HAS_BIAS=bias is not None, RELU=relu, IEEE=_ieee(input.dtype),
         BLOCK_P=BLOCK_P, BLOCK_CO=BLOCK_C, BLOCK_CI=BLOCK_K)
     return out
 
@@ -246,7 +254,7 @@ def _conv_transpose2d_backward(grad_output: torch.Tensor, input: torch.Tensor, w
     grad_weight = weight.new_empty(weight.shape)
     grad_bias = grad_output.sum((0, 2, 3))
     consts = dict(SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
-                  KH=kh, KW=kw, IEEE=input.dtype == torch.float32)
+                  KH=kh, KW=kw, IEEE=_ieee(input.dtype))
     if grad_output.numel() == 0:
         grad_input.zero_()
     elif grad_input.numel():

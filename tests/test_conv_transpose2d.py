@@ -86,11 +86,12 @@ def test_forward_random_configs(backend_name):
 
     @settings(max_examples=backends_for_hypothesis(backend_name), deadline=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-    @given(problem=configs(), relu=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]))
+    @given(problem=configs(), relu=st.booleans(),
+           dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
     def body(problem, relu, dtype):
         cfg, args = problem
-        if backend_name == "triton":
-            dtype = torch.float32  # the interpreter: fp32
+        if backend_name == "triton" and dtype == torch.float64:
+            dtype = torch.float32  # tl.dot has no fp64 (test_forward_dtypes checks the refusal)
         x, w, b = make(**cfg, dtype=dtype)
         out = run(backend_name, x, w, b, args, relu)
         check_close(out, expected(x, w, b, **args, relu=relu), dtype)
@@ -112,8 +113,6 @@ def test_forward_random_configs(backend_name):
 ])
 def test_forward_dtypes(backend_name, dtype, channels_last, case):
     require_backend(backend_name, "cpu")
-    if backend_name == "triton" and dtype == torch.bfloat16 and backend.triton_interpreting():
-        pytest.skip("the Triton interpreter has no bf16 arithmetic; bf16 runs on the GPU")
     shape, stride, padding, output_padding, dilation = case
     n, cin, cout_g, groups, kh, kw, h, w = shape
     x, wt, b = make(n, cin // groups, cout_g, groups, kh, kw, h, w, dtype, channels_last=channels_last)
@@ -500,8 +499,6 @@ def test_module_under_autocast_is_a_drop_in(backend_name, dtype, stride, kernel)
     casts both to the autocast dtype, so must we (it raised on the mixed dtypes); fp32 gradients reach the
     fp32 parameters; an fp64 input is left alone, as autocast leaves fp64."""
     require_backend(backend_name, "cpu")
-    if backend_name == "triton" and dtype == torch.bfloat16:
-        pytest.skip("the Triton interpreter has no bf16 arithmetic; bf16 runs on the GPU")
     torch.manual_seed(0)
     theirs = torch.nn.ConvTranspose2d(6, 4, kernel, stride=stride, padding=(kernel - stride) // 2)
     ours = fastseg.nn.ConvTranspose2d(6, 4, kernel, stride=stride, padding=(kernel - stride) // 2)
@@ -723,8 +720,6 @@ def test_kernels_registered(op):
 def test_device_forward_backward(backend_name, device, dtype, channels_last):
     """Every backend on every device (the CUDA run of make gpu-check), forward and gradients."""
     require_backend(backend_name, device)
-    if device == "cpu" and backend_name == "triton" and dtype == torch.bfloat16:
-        pytest.skip("the Triton interpreter has no bf16 arithmetic")
     cases = [((2, 8, 6, 1, 2, 2, 5, 7), 2, 0, 0, 1), ((1, 5, 5, 1, 4, 4, 6, 5), 2, 1, 1, 1),
              ((1, 6, 3, 3, 2, 3, 4, 5), (2, 3), (1, 0), (1, 2), 1), ((1, 3, 2, 1, 3, 2, 4, 4), (3, 2), (2, 1), (1, 0), (2, 1))]
     for shape, stride, padding, output_padding, dilation in cases:

@@ -51,11 +51,24 @@ def _dot(a, b, IEEE: tl.constexpr):
         return tl.dot(a, b)
 
 
-def _ieee(dtype: torch.dtype) -> bool:
-    """Whether the products run as IEEE fp32: for fp32 (PyTorch has no TF32 by default), and for bf16 under
-    the interpreter, whose tl.dot returns garbage for bf16 tiles (no bf16 arithmetic in NumPy). bf16
-    products are exact in fp32, so the answer is the tensor-core one: fp32 sums of exact products."""
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and triton_interpreting())
+@triton.jit
+def _rounded(acc, RNE: tl.constexpr):
+    """acc, to be stored in 16 bits; RNE: rounded to bf16's precision by hand (nearest, ties to even),
+    because the interpreter's fp32 -> bf16 conversion truncates. NaN is left alone."""
+    if RNE:
+        bits = acc.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        acc = tl.where(acc != acc, acc, bits.to(tl.float32, bitcast=True))
+    return acc
+
+
+def _precision(dtype: torch.dtype) -> dict:
+    """The kernels' IEEE and RNE flags. IEEE products (fp32 operands, no TF32) for fp32, as PyTorch, and
+    for bf16 under the interpreter, whose tl.dot returns garbage for bf16 tiles (NumPy has no bf16):
+    bf16 products are exact in fp32, so that is the tensor-core answer. RNE: the interpreter's bf16
+    stores truncate, so bf16 is rounded by hand there (a GPU's conversion rounds already)."""
+    by_hand = dtype == torch.bfloat16 and triton_interpreting()
+    return dict(IEEE=dtype == torch.float32 or by_hand, RNE=by_hand)
 
 
 @triton.jit
@@ -64,7 +77,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                 sxn, sxc, sxh, sxw, swi, swo, swh, sww, syn, syc, syh, syw,
                 SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                 DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr,
+                HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr, RNE: tl.constexpr,
                 BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
     pid_p = tl.program_id(0)   # (n, phase, pixel block)
     pid_c = tl.program_id(1)   # (group, co block)
@@ -116,7 +129,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     if RELU:
         acc = tl.where(acc > 0, acc, tl.where(acc != acc, acc, 0.0))
     dst = y_ptr + n * syn + cog[None, :] * syc + oy[:, None] * syh + ox[:, None] * syw
-    tl.store(dst, acc.to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
+    tl.store(dst, _rounded(acc, RNE).to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
 
 @triton.jit
@@ -125,7 +138,7 @@ def _bwd_input_kernel(gy_ptr, w_ptr, gi_ptr,
                       sgn, sgc, sgh, sgw, swi, swo, swh, sww, sin, sic, sih, siw,
                       SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                       DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                      IEEE: tl.constexpr,
+                      IEEE: tl.constexpr, RNE: tl.constexpr,
                       BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
     pid_p = tl.program_id(0)   # (n, pixel block)
     pid_c = tl.program_id(1)   # (group, ci block)
@@ -158,7 +171,7 @@ def _bwd_input_kernel(gy_ptr, w_ptr, gi_ptr,
                              mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
                 acc += _dot(gt, wt, IEEE)
     dst = gi_ptr + n * sin + cig[None, :] * sic + iy[:, None] * sih + ix[:, None] * siw
-    tl.store(dst, acc.to(gi_ptr.dtype.element_ty), mask=p_ok[:, None] & ci_ok[None, :])
+    tl.store(dst, _rounded(acc, RNE).to(gi_ptr.dtype.element_ty), mask=p_ok[:, None] & ci_ok[None, :])
 
 
 @triton.jit
@@ -167,7 +180,7 @@ def _bwd_weight_kernel(x_ptr, gy_ptr, gw_ptr,
                        sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, swi, swo, swh, sww,
                        SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                        DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                       IEEE: tl.constexpr,
+                       IEEE: tl.constexpr, RNE: tl.constexpr,
                        BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr):
     tap = tl.program_id(0)     # ky * KW + kx
     pid_i = tl.program_id(1)   # (group, ci block)
@@ -200,7 +213,7 @@ def _bwd_weight_kernel(x_ptr, gy_ptr, gw_ptr,
                      mask=ok[:, None] & co_ok[None, :], other=0.0)
         acc += _dot(xt, gt, IEEE)
     dst = gw_ptr + cig[:, None] * swi + co[None, :] * swo + ky * swh + kx * sww
-    tl.store(dst, acc.to(gw_ptr.dtype.element_ty), mask=ci_ok[:, None] & co_ok[None, :])
+    tl.store(dst, _rounded(acc, RNE).to(gw_ptr.dtype.element_ty), mask=ci_ok[:, None] & co_ok[None, :])
 
 
 def _dims(input, weight, groups):
@@ -232,7 +245,7 @@ def _conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[
         input, weight, bias if bias is not None else input, out,
         h, w, ho, wo, cin_g, cout_g, *input.stride(), *weight.stride(), *out.stride(),
         SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1], KH=kh, KW=kw,
-        HAS_BIAS=bias is not None, RELU=relu, IEEE=_ieee(input.dtype),
+        HAS_BIAS=bias is not None, RELU=relu, **_precision(input.dtype),
         BLOCK_P=BLOCK_P, BLOCK_CO=BLOCK_C, BLOCK_CI=BLOCK_K)
     return out
 
@@ -254,7 +267,7 @@ def _conv_transpose2d_backward(grad_output: torch.Tensor, input: torch.Tensor, w
     grad_weight = weight.new_empty(weight.shape)
     grad_bias = grad_output.sum((0, 2, 3))
     consts = dict(SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
-                  KH=kh, KW=kw, IEEE=_ieee(input.dtype))
+                  KH=kh, KW=kw, **_precision(input.dtype))
     if grad_output.numel() == 0:
         grad_input.zero_()
     elif grad_input.numel():

@@ -129,6 +129,23 @@ def test_forward_dtypes(backend_name, dtype, channels_last, case):
     assert out.is_contiguous() == ref.is_contiguous()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_is_rounded_to_nearest(backend_name, channels_last):
+    """Integer inputs make every fp32 sum exact, so a bf16 output must be the exact result rounded to
+    nearest even: the Triton interpreter's own conversion truncates (half the outputs 1 ulp off)."""
+    require_backend(backend_name, "cpu")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(-20, 21, (2, 16, 5, 6), generator=g).to(torch.bfloat16)
+    w = torch.randint(-20, 21, (16, 8, 2, 2), generator=g).to(torch.bfloat16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    exact = F.conv_transpose2d(x.double(), w.double(), stride=2)
+    assert exact.abs().max() > 512  # beyond bf16's 8 significant bits: rounding decides
+    with fastseg.use_backend(backend_name):
+        out = fastseg.ops.conv_transpose2d(x, w, stride=2)
+    assert torch.equal(out, exact.to(torch.bfloat16))
+
+
 def test_output_padding_region_is_written(backend_name):
     """Pixels no tap reaches (added by output_padding) hold the bias: poison the allocator first."""
     require_backend(backend_name, "cpu")

@@ -549,6 +549,27 @@ def test_module_output_size_error():
         m(torch.randn(1, 2, 4, 4), output_size=[20, 20])
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, but still used
+def test_module_scripts_like_torchs():
+    """torch.jit.script takes ConvTranspose2d as it takes torch's (it failed on the Python op): the
+    scripted module runs the native op, output_size, unbatched input and gradients included."""
+    import fastseg.nn
+
+    require_backend("native", "cpu")
+    torch.manual_seed(0)
+    theirs = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2)
+    ours = fastseg.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, groups=2)
+    ours.load_state_dict(theirs.state_dict())
+    scripted = torch.jit.script(ours)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    for args in ((x,), (x, [10, 10]), (x[0],)):
+        check_close(scripted(*args), theirs(*args).double(), torch.float32)
+    (gx,) = torch.autograd.grad(scripted(x).square().sum(), x)
+    check_close(gx, torch.autograd.grad(theirs(x).square().sum(), x)[0].double(), torch.float32)
+    with pytest.raises(RuntimeError, match="conv_transpose2d: input channels must be a positive multiple of groups"):
+        scripted(torch.randn(1, 3, 5, 5))
+
+
 def test_bilinear_init_upsamples_like_bilinear_interpolation():
     import fastseg.nn
 

@@ -185,6 +185,19 @@ def test_module_is_a_drop_in():
     assert torch.equal(ours(x, idx, output_size=[9, 7]), theirs(x, idx, output_size=[9, 7]))
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated, but still used
+def test_module_scripts_like_torchs():
+    """torch.jit.script takes MaxUnpool2d as it takes torch's: the native op, same output sizes."""
+    require_backend("native", "cpu")
+    x, idx = pooled(2, 3, 7, 6, (3, 2), (2, 1), (1, 0))
+    ours, theirs = fastseg.nn.MaxUnpool2d((3, 2), (2, 1), (1, 0)), torch.nn.MaxUnpool2d((3, 2), (2, 1), (1, 0))
+    scripted = torch.jit.script(ours)
+    for args in ((x, idx, [7, 6]), (x[0], idx[0], [7, 6]), (x, idx)):
+        assert torch.equal(scripted(*args), theirs(*args))
+    with pytest.raises(torch.jit.Error, match="invalid output_size"):  # F.max_unpool2d's check, as for torch's
+        scripted(x, idx, [20, 20])
+
+
 @pytest.mark.parametrize("backend_name", ["native", "triton", "torch"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_policy_is_torchs(backend_name, dtype):

@@ -8,8 +8,10 @@ output gradient at its index (a gather, as in PyTorch).
 from __future__ import annotations
 
 import numbers
+from typing import List, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._prims_common import suggest_memory_format
 
@@ -118,10 +120,24 @@ def max_unpool2d(input: Tensor, indices: Tensor, kernel_size, stride=None, paddi
     return impl(input, indices, size)
 
 
-class MaxUnpool2d(nn.MaxUnpool2d):
-    """``torch.nn.MaxUnpool2d`` (same constructor and attributes) running :func:`max_unpool2d`."""
+def _pair_list(v: Union[int, Tuple[int, int]]) -> List[int]:
+    """nn.MaxUnpool2d's size attributes (typed int or pair, stored as pairs) as TorchScript lists."""
+    if isinstance(v, int):
+        return [v, v]
+    return [v[0], v[1]]
 
-    def forward(self, input: Tensor, indices: Tensor, output_size=None) -> Tensor:
+
+class MaxUnpool2d(nn.MaxUnpool2d):
+    """``torch.nn.MaxUnpool2d`` (same constructor and attributes) running :func:`max_unpool2d`.
+    ``torch.jit.script`` compiles it too, onto the native op (the extension must be built)."""
+
+    def forward(self, input: Tensor, indices: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch: the registered op, 4-D
+            size = F._unpool_output_size(input, _pair_list(self.kernel_size), _pair_list(self.stride),
+                                         _pair_list(self.padding), output_size)  # F.max_unpool2d's own rule
+            if input.dim() == 3:
+                return torch.ops.fastseg.max_unpool2d(input.unsqueeze(0), indices.unsqueeze(0), size).squeeze(0)
+            return torch.ops.fastseg.max_unpool2d(input, indices, size)
         return max_unpool2d(input, indices, self.kernel_size, self.stride, self.padding, output_size)
 
 

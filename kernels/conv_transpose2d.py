@@ -25,7 +25,8 @@ Tensors are addressed through their strides, so NCHW and channels_last run witho
 takes PyTorch's memory format. The ops are ``torch.library.custom_op`` s
 ``fastseg_triton::conv_transpose2d`` and ``fastseg_triton::conv_transpose2d_backward`` with fake
 kernels and autograd. fp16/bf16 are accumulated in fp32; fp32 uses IEEE products (no TF32) to match
-PyTorch, and so does bf16 under the interpreter (``_ieee``). fp64 is not supported by ``tl.dot``: the op raises NotImplementedError for it.
+PyTorch, and so does bf16 under the interpreter (``_precision``). fp64, which ``tl.dot`` lacks, multiplies
+and sums its tiles in fp64 on the FMA units (slow; for gradcheck and fp64 models).
 """
 from typing import List, Optional, Tuple
 
@@ -36,16 +37,20 @@ import triton.language as tl
 from fastseg.backend import triton_interpreting
 from fastseg.ops.conv_transpose2d import _memory_format, _out_shape, fake_backward, make_backward, setup_context
 
-# Tile sizes: tl.dot needs >= 16 per dimension. Small on purpose: the layers of the bundled networks
-# have 21 to 1024 channels; not tuned on a GPU yet.
-BLOCK_P = 64
-BLOCK_C = 32
-BLOCK_K = 32
+
+
+def _tiles(dtype: torch.dtype) -> tuple[int, int, int]:
+    """(pixels, channels, reduced channels) per tile. tl.dot needs >= 16 per dimension; small on purpose:
+    the layers of the bundled networks have 21 to 1024 channels; not tuned on a GPU yet. fp64 multiplies
+    a [P, K, C] broadcast (no fp64 tl.dot), kept to 4096 elements."""
+    return (16, 16, 16) if dtype == torch.float64 else (64, 32, 32)
 
 
 @triton.jit
-def _dot(a, b, IEEE: tl.constexpr):
-    if IEEE:  # fp32 operands (a no-op for fp32 tiles), IEEE products: no TF32
+def _dot(a, b, IEEE: tl.constexpr, ACC: tl.constexpr):
+    if ACC == tl.float64:  # tl.dot has no fp64: products and sums on the FMA units, in fp64
+        return tl.sum(a.to(tl.float64)[:, :, None] * b.to(tl.float64)[None, :, :], axis=1)
+    elif IEEE:  # fp32 operands (a no-op for fp32 tiles), IEEE products: no TF32
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b)
@@ -63,12 +68,13 @@ def _rounded(acc, RNE: tl.constexpr):
 
 
 def _precision(dtype: torch.dtype) -> dict:
-    """The kernels' IEEE and RNE flags. IEEE products (fp32 operands, no TF32) for fp32, as PyTorch, and
+    """The kernels' accumulator dtype ACC (fp64 for fp64, else fp32) and IEEE and RNE flags. IEEE products (fp32 operands, no TF32) for fp32, as PyTorch, and
     for bf16 under the interpreter, whose tl.dot returns garbage for bf16 tiles (NumPy has no bf16):
     bf16 products are exact in fp32, so that is the tensor-core answer. RNE: the interpreter's bf16
     stores truncate, so bf16 is rounded by hand there (a GPU's conversion rounds already)."""
     by_hand = dtype == torch.bfloat16 and triton_interpreting()
-    return dict(IEEE=dtype == torch.float32 or by_hand, RNE=by_hand)
+    return dict(IEEE=dtype == torch.float32 or by_hand, RNE=by_hand,
+                ACC=tl.float64 if dtype == torch.float64 else tl.float32)
 
 
 @triton.jit
@@ -77,7 +83,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                 sxn, sxc, sxh, sxw, swi, swo, swh, sww, syn, syc, syh, syw,
                 SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                 DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr, RNE: tl.constexpr,
+                HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr, RNE: tl.constexpr, ACC: tl.constexpr,
                 BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
     pid_p = tl.program_id(0)   # (n, phase, pixel block)
     pid_c = tl.program_id(1)   # (group, co block)
@@ -100,7 +106,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     ox = rx + SW * (q % wp)
     p_ok = (q < hp * wp) & (oy < HO) & (ox < WO)
 
-    acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_CO), dtype=ACC)
     for ky in tl.static_range(KH):
         # a phase receives tap ky only when (ry + PH - ky*DH) is a multiple of SH: a scalar test
         if (ry + PH - ky * DH) % SH == 0:
@@ -122,10 +128,10 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                                      mask=ok[:, None] & ci_ok[None, :], other=0.0)
                         wt = tl.load(w_ptr + cig[:, None] * swi + co[None, :] * swo + ky * swh + kx * sww,
                                      mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
-                        acc += _dot(xt, wt, IEEE)
+                        acc += _dot(xt, wt, IEEE, ACC)
     cog = g * COUT_G + co
     if HAS_BIAS:
-        acc += tl.load(b_ptr + cog, mask=co_ok, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(b_ptr + cog, mask=co_ok, other=0.0).to(ACC)[None, :]
     if RELU:
         acc = tl.where(acc > 0, acc, tl.where(acc != acc, acc, 0.0))
     dst = y_ptr + n * syn + cog[None, :] * syc + oy[:, None] * syh + ox[:, None] * syw
@@ -138,7 +144,7 @@ def _bwd_input_kernel(gy_ptr, w_ptr, gi_ptr,
                       sgn, sgc, sgh, sgw, swi, swo, swh, sww, sin, sic, sih, siw,
                       SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                       DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                      IEEE: tl.constexpr, RNE: tl.constexpr,
+                      IEEE: tl.constexpr, RNE: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
     pid_p = tl.program_id(0)   # (n, pixel block)
     pid_c = tl.program_id(1)   # (group, ci block)
@@ -154,7 +160,7 @@ def _bwd_input_kernel(gy_ptr, w_ptr, gi_ptr,
     ci_ok = ci < CIN_G
     cig = g * CIN_G + ci
 
-    acc = tl.zeros((BLOCK_P, BLOCK_CI), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_P, BLOCK_CI), dtype=ACC)
     for ky in tl.static_range(KH):
         oy = iy * SH + ky * DH - PH
         for kx in tl.static_range(KW):
@@ -169,7 +175,7 @@ def _bwd_input_kernel(gy_ptr, w_ptr, gi_ptr,
                              + ox_s[:, None] * sgw, mask=ok[:, None] & co_ok[None, :], other=0.0)
                 wt = tl.load(w_ptr + cig[None, :] * swi + co[:, None] * swo + ky * swh + kx * sww,
                              mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
-                acc += _dot(gt, wt, IEEE)
+                acc += _dot(gt, wt, IEEE, ACC)
     dst = gi_ptr + n * sin + cig[None, :] * sic + iy[:, None] * sih + ix[:, None] * siw
     tl.store(dst, _rounded(acc, RNE).to(gi_ptr.dtype.element_ty), mask=p_ok[:, None] & ci_ok[None, :])
 
@@ -180,7 +186,7 @@ def _bwd_weight_kernel(x_ptr, gy_ptr, gw_ptr,
                        sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, swi, swo, swh, sww,
                        SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                        DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                       IEEE: tl.constexpr, RNE: tl.constexpr,
+                       IEEE: tl.constexpr, RNE: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr):
     tap = tl.program_id(0)     # ky * KW + kx
     pid_i = tl.program_id(1)   # (group, ci block)
@@ -195,7 +201,7 @@ def _bwd_weight_kernel(x_ptr, gy_ptr, gw_ptr,
     co = pid_o * BLOCK_CO + tl.arange(0, BLOCK_CO)
     co_ok = co < COUT_G
 
-    acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_CI, BLOCK_CO), dtype=ACC)
     for p0 in range(0, N * H * W, BLOCK_P):
         pix = p0 + tl.arange(0, BLOCK_P)
         n = pix // (H * W)
@@ -211,7 +217,7 @@ def _bwd_weight_kernel(x_ptr, gy_ptr, gw_ptr,
         gt = tl.load(gy_ptr + n_s[:, None] * sgn + (g * COUT_G + co)[None, :] * sgc
                      + tl.where(ok, oy, 0)[:, None] * sgh + tl.where(ok, ox, 0)[:, None] * sgw,
                      mask=ok[:, None] & co_ok[None, :], other=0.0)
-        acc += _dot(xt, gt, IEEE)
+        acc += _dot(xt, gt, IEEE, ACC)
     dst = gw_ptr + cig[:, None] * swi + co[None, :] * swo + ky * swh + kx * sww
     tl.store(dst, _rounded(acc, RNE).to(gw_ptr.dtype.element_ty), mask=ci_ok[:, None] & co_ok[None, :])
 
@@ -222,17 +228,10 @@ def _dims(input, weight, groups):
     return n, cin // groups, cout_g, h, w, kh, kw
 
 
-def _refuse_fp64(t):
-    if t.dtype == torch.float64:
-        raise NotImplementedError("fastseg triton conv_transpose2d: tl.dot has no fp64; use the native or torch "
-                                  "backend for fp64")
-
-
 @torch.library.custom_op("fastseg_triton::conv_transpose2d", mutates_args=())
 def _conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
                       padding: List[int], output_padding: List[int], groups: int, dilation: List[int],
                       relu: bool) -> torch.Tensor:
-    _refuse_fp64(input)
     shape = _out_shape(input, weight, stride, padding, output_padding, groups, dilation)
     out = input.new_empty(shape).contiguous(memory_format=_memory_format(input, weight))
     if out.numel() == 0:
@@ -240,13 +239,14 @@ def _conv_transpose2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[
     n, cin_g, cout_g, h, w, kh, kw = _dims(input, weight, groups)
     ho, wo = shape[2], shape[3]
     hp, wp = -(-ho // stride[0]), -(-wo // stride[1])
-    grid = (n * stride[0] * stride[1] * triton.cdiv(hp * wp, BLOCK_P), groups * triton.cdiv(cout_g, BLOCK_C))
+    block_p, block_c, block_k = _tiles(input.dtype)
+    grid = (n * stride[0] * stride[1] * triton.cdiv(hp * wp, block_p), groups * triton.cdiv(cout_g, block_c))
     _fwd_kernel[grid](
         input, weight, bias if bias is not None else input, out,
         h, w, ho, wo, cin_g, cout_g, *input.stride(), *weight.stride(), *out.stride(),
         SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1], KH=kh, KW=kw,
         HAS_BIAS=bias is not None, RELU=relu, **_precision(input.dtype),
-        BLOCK_P=BLOCK_P, BLOCK_CO=BLOCK_C, BLOCK_CI=BLOCK_K)
+        BLOCK_P=block_p, BLOCK_CO=block_c, BLOCK_CI=block_k)
     return out
 
 
@@ -260,7 +260,6 @@ def _(input, weight, bias, stride, padding, output_padding, groups, dilation, re
 def _conv_transpose2d_backward(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor,
                                stride: List[int], padding: List[int], output_padding: List[int], groups: int,
                                dilation: List[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _refuse_fp64(input)
     n, cin_g, cout_g, h, w, kh, kw = _dims(input, weight, groups)
     ho, wo = grad_output.shape[2], grad_output.shape[3]
     grad_input = input.new_empty(input.shape).contiguous(memory_format=_memory_format(input, weight))
@@ -268,20 +267,21 @@ def _conv_transpose2d_backward(grad_output: torch.Tensor, input: torch.Tensor, w
     grad_bias = grad_output.sum((0, 2, 3))
     consts = dict(SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
                   KH=kh, KW=kw, **_precision(input.dtype))
+    block_p, block_c, block_k = _tiles(input.dtype)
     if grad_output.numel() == 0:
         grad_input.zero_()
     elif grad_input.numel():
-        grid = (n * triton.cdiv(h * w, BLOCK_P), groups * triton.cdiv(cin_g, BLOCK_C))
+        grid = (n * triton.cdiv(h * w, block_p), groups * triton.cdiv(cin_g, block_c))
         _bwd_input_kernel[grid](grad_output, weight, grad_input, h, w, ho, wo, cin_g, cout_g,
                                 *grad_output.stride(), *weight.stride(), *grad_input.stride(), **consts,
-                                BLOCK_P=BLOCK_P, BLOCK_CI=BLOCK_C, BLOCK_CO=BLOCK_K)
+                                BLOCK_P=block_p, BLOCK_CI=block_c, BLOCK_CO=block_k)
     if grad_output.numel() == 0:  # no output element (empty batch, or no output rows or columns)
         grad_weight.zero_()
     else:
-        grid = (kh * kw, groups * triton.cdiv(cin_g, BLOCK_C), triton.cdiv(cout_g, BLOCK_C))
+        grid = (kh * kw, groups * triton.cdiv(cin_g, block_c), triton.cdiv(cout_g, block_c))
         _bwd_weight_kernel[grid](input, grad_output, grad_weight, n, h, w, ho, wo, cin_g, cout_g,
                                  *input.stride(), *grad_output.stride(), *grad_weight.stride(), **consts,
-                                 BLOCK_CI=BLOCK_C, BLOCK_CO=BLOCK_C, BLOCK_P=BLOCK_P)
+                                 BLOCK_CI=block_c, BLOCK_CO=block_c, BLOCK_P=block_p)
     return grad_input, grad_weight, grad_bias
 
 

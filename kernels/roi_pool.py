@@ -26,7 +26,7 @@ __all__ = ["roi_pool"]
 
 BLOCK_C = 64  # channels per program (see kernels/roi_align.py); not tuned on a GPU yet
 NUM_WARPS = 4
-FLT_MAX = 3.4028234663852886e38
+FLT_MAX = tl.constexpr(3.4028234663852886e38)  # a constexpr: GPU-compiled kernels read no other global
 
 
 @triton.jit

@@ -107,7 +107,10 @@ def test_empty_output_plane(backend_name, create_graph):
     x = torch.randn(2, 3, 1, 3, requires_grad=True)
     idx = torch.randint(0, 10, x.shape)
     out = run(backend_name, x, idx, (2, 3), None, (1, 0))
-    assert out.shape == F.max_unpool2d(x, idx, (2, 3), None, (1, 0)).shape == (2, 3, 0, 9)
+    ref = F.max_unpool2d(x, idx, (2, 3), None, (1, 0))
+    assert out.shape == ref.shape == (2, 3, 0, 9) and out.stride() == ref.stride()
+    empty_batch = run(backend_name, x[:0], idx[:0], (2, 3), None, (1, 0))
+    assert empty_batch.stride() == F.max_unpool2d(x[:0], idx[:0], (2, 3), None, (1, 0)).stride()
     (grad,) = torch.autograd.grad(out.sum(), x, create_graph=create_graph)
     assert torch.equal(grad, torch.zeros_like(x))
 

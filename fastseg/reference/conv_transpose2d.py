@@ -38,9 +38,11 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
     wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
     if n == 0 or ho == 0 or wo == 0:  # F.conv2d refuses these (empty image or kernel larger than it); no output
-        out = x.new_zeros(n, cout_g * groups, ho, wo) + (x.sum() + weight.sum()) * 0  # in the graph: zero grads
-        if bias is not None:
-            out = out + bias.view(1, -1, 1, 1) * 0
+        cl = not unbatched and (_channels_last(input) or _channels_last(weight))
+        out = torch.empty(n, cout_g * groups, ho, wo, dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last if cl else torch.contiguous_format)
+        # no element; in the graph, for zero gradients; in place, to keep PyTorch's strides, which `+` would not
+        out.add_((x.sum() + weight.sum() + (0 if bias is None else bias.sum())) * 0)
         return out.squeeze(0) if unbatched else out
     # 1. zero insertion
     z = x.new_zeros(n, cin, (h - 1) * sh + 1 if h else 0, (w - 1) * sw + 1 if w else 0)

@@ -24,8 +24,10 @@ def max_unpool2d(input: Tensor, indices: Tensor, output_size: list[int]) -> Tens
     format. Raises ArgumentError for an index outside the output plane."""
     check_indices(indices, output_size)
     n, c = input.shape[:2]
-    if output_size[0] * output_size[1] == 0:  # nothing is written; zero gradient (scatter would refuse)
-        return input.new_zeros((n, c, *output_size)) + input.sum() * 0
+    if output_size[0] * output_size[1] == 0:  # nothing is written; a zero gradient (scatter would refuse)
+        out = torch.empty((n, c, *output_size), dtype=input.dtype, device=input.device,
+                          memory_format=suggest_memory_format(input))
+        return out.add_(input.sum() * 0)  # no element; in place: keeps PyTorch's strides, which `+` would not
     flat = indices.reshape(n, c, indices.shape[2] * indices.shape[3])
     out = input.new_zeros((n, c, output_size[0] * output_size[1])).scatter(2, flat, input.reshape(flat.shape))
     # PyTorch's output memory format: the input's (suggest_memory_format, as its kernels decide)

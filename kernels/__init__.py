@@ -1,1 +1,2 @@
-"""Triton kernels of fastseg, one file per op (e.g. ``kernels.nms``)."""
+"""Triton kernels of fastseg, one file per op (e.g. ``kernels.nms``); ``kernels.aot`` compiles them for a
+GPU on a machine without one."""

@@ -49,13 +49,13 @@ def output_size_of(input_hw, kernel_size, stride=None, padding=0, output_size=No
         size = size[2:]
     if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in size):
         raise ArgumentError(f"max_unpool2d: output_size must be (H_out, W_out) or (N, C, H_out, W_out), "
-                         f"got {output_size!r}")
+                            f"got {output_size!r}")
     if min(size) < 0:
         raise ArgumentError(f"max_unpool2d: output_size must be >= 0, got {output_size!r}")
     for d in range(2):
         if not default[d] - stride[d] < size[d] < default[d] + stride[d]:
             raise ArgumentError(f"max_unpool2d: output_size {size} must lie strictly between {default[d] - stride[d]} "
-                             f"and {default[d] + stride[d]} in dimension {d} (the default is {default})")
+                                f"and {default[d] + stride[d]} in dimension {d} (the default is {default})")
     return [int(v) for v in size]
 
 

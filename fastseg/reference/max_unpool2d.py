@@ -16,7 +16,7 @@ def check_indices(indices: Tensor, output_size: list[int]) -> None:
     if plane and indices.numel() and (indices.min() < 0 or indices.max() >= plane):
         bad = indices[(indices < 0) | (indices >= plane)][0].item()
         raise ArgumentError(f"max_unpool2d: indices must lie in [0, H_out * W_out) of the {output_size[0]} x "
-                         f"{output_size[1]} output plane, got {bad}")
+                            f"{output_size[1]} output plane, got {bad}")
 
 
 def max_unpool2d(input: Tensor, indices: Tensor, output_size: list[int]) -> Tensor:

@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastseg.kernels._interpreter import cast
+
 __all__ = ["box_decode", "box_encode"]
 
 BLOCK = 256
@@ -27,7 +29,7 @@ BLOCK = 256
 def _r(x, T: tl.constexpr, ROUND: tl.constexpr):
     # The value an intermediate tensor of dtype T holds.
     if ROUND:
-        return x.to(T).to(tl.float32)
+        return cast(x, T).to(tl.float32)
     else:
         return x
 
@@ -44,10 +46,10 @@ def _load4(ptr, i, mask, other_hi, ACC: tl.constexpr):
 
 @triton.jit
 def _store4(ptr, i, mask, a, b, c, d, T: tl.constexpr):
-    tl.store(ptr + 4 * i + 0, a.to(T), mask=mask)
-    tl.store(ptr + 4 * i + 1, b.to(T), mask=mask)
-    tl.store(ptr + 4 * i + 2, c.to(T), mask=mask)
-    tl.store(ptr + 4 * i + 3, d.to(T), mask=mask)
+    tl.store(ptr + 4 * i + 0, cast(a, T), mask=mask)
+    tl.store(ptr + 4 * i + 1, cast(b, T), mask=mask)
+    tl.store(ptr + 4 * i + 2, cast(c, T), mask=mask)
+    tl.store(ptr + 4 * i + 3, cast(d, T), mask=mask)
 
 
 @triton.jit

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from fastseg.kernels._interpreter import cast
+
 __all__ = ["box_iou", "generalized_box_iou", "distance_box_iou", "complete_box_iou"]
 
 BLOCK_N = 32
@@ -74,8 +76,8 @@ def _pairwise_kernel(b1_ptr, t1_ptr, b2_ptr, t2_ptr, out_ptr, n, m, params_ptr,
     dw = _min(ax2, bx2) - _max(ax1, bx1)
     dh = _min(ay2, by2) - _max(ay1, by1)
     if ROUND:
-        dw = dw.to(T).to(tl.float32)
-        dh = dh.to(T).to(tl.float32)
+        dw = cast(dw, T).to(tl.float32)
+        dh = cast(dh, T).to(tl.float32)
     w = tl.where(dw < 0.0, 0.0, dw)
     h = tl.where(dh < 0.0, 0.0, dh)
     inter = w * h
@@ -85,8 +87,8 @@ def _pairwise_kernel(b1_ptr, t1_ptr, b2_ptr, t2_ptr, out_ptr, n, m, params_ptr,
         ew = _max(ax2, bx2) - _min(ax1, bx1)
         eh = _max(ay2, by2) - _min(ay1, by1)
         if ROUND:
-            ew = ew.to(T).to(tl.float32)
-            eh = eh.to(T).to(tl.float32)
+            ew = cast(ew, T).to(tl.float32)
+            eh = cast(eh, T).to(tl.float32)
         ew = tl.where(ew < 0.0, 0.0, ew)
         eh = tl.where(eh < 0.0, 0.0, eh)
         if KIND == 1:

@@ -25,7 +25,7 @@ Tensors are addressed through their strides, so NCHW and channels_last run witho
 takes PyTorch's memory format. The ops are ``torch.library.custom_op`` s
 ``fastseg_triton::conv_transpose2d`` and ``fastseg_triton::conv_transpose2d_backward`` with fake
 kernels and autograd. fp16/bf16 are accumulated in fp32; fp32 uses IEEE products (no TF32) to match
-PyTorch, and so does bf16 under the interpreter (``_precision``). fp64, which ``tl.dot`` lacks, multiplies
+PyTorch, and so does bf16 under the interpreter (``_dot``; stores round through ``_interpreter.cast``). fp64, which ``tl.dot`` lacks, multiplies
 and sums its tiles in fp64 on the FMA units (slow; for gradcheck and fp64 models).
 """
 from typing import List, Optional, Tuple
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastseg.backend import triton_interpreting
+from fastseg.kernels._interpreter import INTERPRETED, cast
 from fastseg.ops.conv_transpose2d import _memory_format, _out_shape, fake_backward, make_backward, setup_context
 
 
@@ -50,31 +50,19 @@ def _tiles(dtype: torch.dtype) -> tuple[int, int, int]:
 def _dot(a, b, IEEE: tl.constexpr, ACC: tl.constexpr):
     if ACC == tl.float64:  # tl.dot has no fp64: products and sums on the FMA units, in fp64
         return tl.sum(a.to(tl.float64)[:, :, None] * b.to(tl.float64)[None, :, :], axis=1)
-    elif IEEE:  # fp32 operands (a no-op for fp32 tiles), IEEE products: no TF32
+    elif IEEE or (INTERPRETED and a.dtype == tl.bfloat16):
+        # fp32 operands (a no-op for fp32 tiles), IEEE products: no TF32. The interpreter's tl.dot returns
+        # garbage for bf16 tiles (NumPy has no bf16), but bf16 products are exact in fp32, so this is the
+        # tensor-core answer.
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         return tl.dot(a, b)
 
 
-@triton.jit
-def _rounded(acc, RNE: tl.constexpr):
-    """acc, to be stored in 16 bits; RNE: rounded to bf16's precision by hand (nearest, ties to even),
-    because the interpreter's fp32 -> bf16 conversion truncates. NaN is left alone."""
-    if RNE:
-        bits = acc.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        acc = tl.where(acc != acc, acc, bits.to(tl.float32, bitcast=True))
-    return acc
-
-
 def _precision(dtype: torch.dtype) -> dict:
-    """The kernels' accumulator dtype ACC (fp64 for fp64, else fp32) and IEEE and RNE flags. IEEE products (fp32 operands, no TF32) for fp32, as PyTorch, and
-    for bf16 under the interpreter, whose tl.dot returns garbage for bf16 tiles (NumPy has no bf16):
-    bf16 products are exact in fp32, so that is the tensor-core answer. RNE: the interpreter's bf16
-    stores truncate, so bf16 is rounded by hand there (a GPU's conversion rounds already)."""
-    by_hand = dtype == torch.bfloat16 and triton_interpreting()
-    return dict(IEEE=dtype == torch.float32 or by_hand, RNE=by_hand,
-                ACC=tl.float64 if dtype == torch.float64 else tl.float32)
+    """The kernels' accumulator dtype ACC (fp64 for fp64, else fp32) and IEEE flag: IEEE products (fp32
+    operands, no TF32) for fp32, as PyTorch."""
+    return dict(IEEE=dtype == torch.float32, ACC=tl.float64 if dtype == torch.float64 else tl.float32)
 
 
 @triton.jit
@@ -83,7 +71,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
                 sxn, sxc, sxh, sxw, swi, swo, swh, sww, syn, syc, syh, syw,
                 SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                 DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr, RNE: tl.constexpr, ACC: tl.constexpr,
+                HAS_BIAS: tl.constexpr, RELU: tl.constexpr, IEEE: tl.constexpr, ACC: tl.constexpr,
                 BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
     pid_p = tl.program_id(0)   # (n, phase, pixel block)
     pid_c = tl.program_id(1)   # (group, co block)
@@ -135,7 +123,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr,
     if RELU:
         acc = tl.where(acc > 0, acc, tl.where(acc != acc, acc, 0.0))
     dst = y_ptr + n * syn + cog[None, :] * syc + oy[:, None] * syh + ox[:, None] * syw
-    tl.store(dst, _rounded(acc, RNE).to(y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
+    tl.store(dst, cast(acc, y_ptr.dtype.element_ty), mask=p_ok[:, None] & co_ok[None, :])
 
 
 @triton.jit
@@ -144,7 +132,7 @@ def _bwd_input_kernel(gy_ptr, w_ptr, gi_ptr,
                       sgn, sgc, sgh, sgw, swi, swo, swh, sww, sin, sic, sih, siw,
                       SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                       DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                      IEEE: tl.constexpr, RNE: tl.constexpr, ACC: tl.constexpr,
+                      IEEE: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr):
     pid_p = tl.program_id(0)   # (n, pixel block)
     pid_c = tl.program_id(1)   # (group, ci block)
@@ -177,7 +165,7 @@ def _bwd_input_kernel(gy_ptr, w_ptr, gi_ptr,
                              mask=co_ok[:, None] & ci_ok[None, :], other=0.0)
                 acc += _dot(gt, wt, IEEE, ACC)
     dst = gi_ptr + n * sin + cig[None, :] * sic + iy[:, None] * sih + ix[:, None] * siw
-    tl.store(dst, _rounded(acc, RNE).to(gi_ptr.dtype.element_ty), mask=p_ok[:, None] & ci_ok[None, :])
+    tl.store(dst, cast(acc, gi_ptr.dtype.element_ty), mask=p_ok[:, None] & ci_ok[None, :])
 
 
 @triton.jit
@@ -186,7 +174,7 @@ def _bwd_weight_kernel(x_ptr, gy_ptr, gw_ptr,
                        sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, swi, swo, swh, sww,
                        SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
                        DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-                       IEEE: tl.constexpr, RNE: tl.constexpr, ACC: tl.constexpr,
+                       IEEE: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_CI: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_P: tl.constexpr):
     tap = tl.program_id(0)     # ky * KW + kx
     pid_i = tl.program_id(1)   # (group, ci block)
@@ -219,7 +207,7 @@ def _bwd_weight_kernel(x_ptr, gy_ptr, gw_ptr,
                      mask=ok[:, None] & co_ok[None, :], other=0.0)
         acc += _dot(xt, gt, IEEE, ACC)
     dst = gw_ptr + cig[:, None] * swi + co[None, :] * swo + ky * swh + kx * sww
-    tl.store(dst, _rounded(acc, RNE).to(gw_ptr.dtype.element_ty), mask=ci_ok[:, None] & co_ok[None, :])
+    tl.store(dst, cast(acc, gw_ptr.dtype.element_ty), mask=ci_ok[:, None] & co_ok[None, :])
 
 
 def _dims(input, weight, groups):

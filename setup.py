@@ -75,7 +75,7 @@ def extensions():
     # -fopenmp: at::parallel_for is an inline `#pragma omp parallel` in ATen's headers; without the flag
     # every CPU kernel silently runs on one thread. libgomp.so.1 resolves to the copy torch has loaded.
     cxx = ["-O3", "-ffp-contract=off", "-fopenmp"]
-    link = ["-fopenmp"]
+    link = ["-fopenmp", "-ldl"]  # -ldl: dlopen (the Winograd route finds the BLAS sgemm at run time)
     macros = []
     include_dirs = [os.path.join(ROOT, "csrc")]
     depends = sorted(glob.glob("csrc/**/*.h", recursive=True))  # a header change rebuilds

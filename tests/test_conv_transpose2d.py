@@ -244,6 +244,100 @@ def test_native_k2s2_backward_in_blocks(groups, output_padding, channels_last):
     assert got[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, seed=0):
+    """One 3x3 stride-1 layer on the native backend against fp64 PyTorch: forward and all gradients, on
+    poisoned memory (fresh outputs are NaN), in PyTorch's memory format."""
+    x, wt, b = make(n, cin, cout, 1, 3, 3, h, w, bias=bias, channels_last=channels_last, seed=seed)
+    args = dict(stride=1, padding=padding, output_padding=0, groups=1, dilation=1)
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        leaves = [t.clone().requires_grad_() for t in (x, wt, b) if t is not None]
+        out = run("native", *leaves[:2], leaves[2] if bias else None, args, relu)
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1))
+        got = torch.autograd.grad(out, leaves, grad)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    ref_leaves = [t.double().requires_grad_() for t in (x, wt, b) if t is not None]
+    ref = expected(*ref_leaves[:2], ref_leaves[2] if bias else None, **args, relu=relu)
+    want = torch.autograd.grad(ref, ref_leaves, grad.double())
+    check_close(out, ref.detach(), torch.float32)
+    assert out.stride() == F.conv_transpose2d(x, wt, b, **args).stride()
+    for name, g, e in zip("xwb", got, want):  # sums over up to 10k products: a scaled tolerance
+        scale = max(1.0, e.abs().max().item())
+        torch.testing.assert_close(g.double(), e, atol=TOL[torch.float32] * scale, rtol=TOL[torch.float32],
+                                   msg=f"grad {name}")
+    assert got[0].stride() == x.stride()
+
+
+@pytest.mark.parametrize("n,cin,cout,h,w,padding", [
+    (2, 72, 80, 9, 11, 1),        # DeconvNet's k3 s1 p1, odd output: a last tile half outside
+    (1, 65, 66, 1, 1, 1),         # a one-pixel image
+    (3, 66, 72, 5, 8, 2),         # padding 2: the output is 2 smaller than the input
+    (1, 80, 65, 6, 7, 0),         # padding 0: 2 larger
+    (2, 70, 67, 3, 2, (0, 1)),    # uneven padding
+    (2, 96, 128, 20, 33, 1),      # several blocks of tile rows, blocks across images
+])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
+def test_native_winograd_3x3_layers(n, cin, cout, h, w, padding, channels_last, bias, relu):
+    """3x3 stride-1 layers with > 64 channels run Winograd's F(2x2, 3x3) on the native CPU backend
+    (csrc/cpu/conv_transpose2d_winograd.cpp): forward and input gradient."""
+    require_backend("native", "cpu")
+    check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu)
+
+
+def test_native_winograd_every_shape_when_forced():
+    """The Winograd kernels forced onto every 3x3 stride-1 fp32 layer (FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE=5,
+    the measurement switch), so that few channels, tiny images and every padding reach them too."""
+    require_backend("native", "cpu")
+    code = ("import itertools, random, sys\n"
+            "sys.path.insert(0, 'tests')\n"
+            "from test_conv_transpose2d import check_winograd_layer\n"
+            "rng = random.Random(0)\n"
+            "for i in range(40):\n"
+            "    h, w = rng.randint(1, 9), rng.randint(1, 9)\n"
+            "    padding = (rng.randint(0, min(2, h)), rng.randint(0, min(2, w)))\n"
+            "    if h + 2 - 2 * padding[0] <= 0 or w + 2 - 2 * padding[1] <= 0: continue\n"
+            "    check_winograd_layer(rng.randint(1, 3), rng.randint(1, 20), rng.randint(1, 20), h, w, padding,\n"
+            "                         rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5, seed=i)\n"
+            "print('ok')\n")
+    env = dict(os.environ, FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE="5", FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE="5")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "ok"
+
+
+def test_native_winograd_weight_cache():
+    """The transformed weight is kept like oneDNN's packed one: packed by the second forward, never by a
+    backward, and a weight changed in place is transformed again."""
+    require_backend("native", "cpu")
+    fastseg.ops.empty_cache()
+    try:
+        x, w, b = make(1, 72, 80, 1, 3, 3, 5, 6)
+        args = dict(stride=1, padding=1, output_padding=0, groups=1, dilation=1)
+        wg = w.clone().requires_grad_()
+        for _ in range(3):  # training-like: forward + backward, the weight unchanged
+            leaves = [x.clone().requires_grad_(), wg]
+            torch.autograd.grad(run("native", *leaves, b, args).sum(), leaves)
+        assert torch.ops.fastseg.weight_cache_entries() == 1
+        with torch.no_grad():
+            wg.mul_(-0.5)
+        for _ in range(3):
+            check_close(run("native", x, wg.detach(), b, args), expected(x, wg.detach(), b, **args), torch.float32)
+        fastseg.ops.empty_cache()
+        gy = torch.randn(expected(x, w, b, **args).shape)
+        for _ in range(3):  # the backward op alone, called again and again: it only looks the weight up
+            gx = torch.ops.fastseg.conv_transpose2d_backward(gy, x, w, [1, 1], [1, 1], [0, 0], 1, [1, 1])[0]
+        assert torch.ops.fastseg.weight_cache_entries() == 0
+        xr = x.double().requires_grad_()
+        check_close(gx, torch.autograd.grad(F.conv_transpose2d(xr, w.double(), None, 1, 1), xr, gy.double())[0],
+                    torch.float32)
+    finally:
+        fastseg.ops.empty_cache()
+
+
 def test_unbatched_and_empty(backend_name):
     require_backend(backend_name, "cpu")
     x, w, b = make(1, 4, 3, 1, 3, 3, 5, 5)

@@ -11,7 +11,10 @@
 //
 // Other kernels on layers with <= 64 channels (FCN's k4 s2 p1 and k16 s8 p4 score upsampling, fp32,
 // groups 1, no dilation): the direct AVX-512 kernels of conv_transpose2d_direct.cpp, forward and backward.
-// Everything else (wide k4 s2 / k3 s1 layers, dilation, groups, fp16/bf16) goes to at::convolution /
+// 3x3 stride-1 layers with more than 64 channels (DeconvNet's decoder, fp32): Winograd's F(2x2, 3x3)
+// (conv_transpose2d_winograd.cpp) for the forward and the input gradient, 16 products per 2x2 tile where
+// oneDNN's direct convolution takes 36; the weight gradient stays on oneDNN.
+// Everything else (wide k4 s2 layers, dilation, groups, fp16/bf16) goes to at::convolution /
 // at::convolution_backward, i.e. to the same oneDNN deconvolution PyTorch runs: on wide layers it runs
 // near the FMA peak, and it beat every GEMM-based formulation tried here (dense conv2d of the s*s
 // phases + pixel shuffle was 1.2-4x slower; benchmarks/notes/conv_transpose2d.md).
@@ -292,6 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   1.1-4.9x oneDNN), or GEMM + scatter where it does not fit.
 // - forward and backward, kernel != stride, <= 64 channels, fp32: the direct kernels (FCN 16x16 k4 s2:
 //   1.6-2x oneDNN forward, 1.7-2x forward + backward).
+// - forward and input gradient, 3x3 stride 1, > 64 channels, fp32: Winograd F(2x2, 3x3) (DeconvNet).
 // - forward, NCHW, other kernels: oneDNN's NCHW deconvolution is much slower than its channels_last one
 //   on layers with few channels, more than the two layout copies cost, so those run in channels_last
 //   and are copied back; wide layers run oneDNN's NCHW directly.
@@ -299,13 +303,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   oneDNN) and NCHW with <= 64 channels on a side (U-Net 128 -> 64); oneDNN on wider NCHW layers (the
 //   gather + GEMMs measured 0.8-1.0x of it there). Other backward: oneDNN (at::convolution_backward),
 //   through channels_last on few-channel NCHW layers as in the forward.
-enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect };
+enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd };
 
 constexpr int64_t kDirectMaxChannels = 64;
 
 // Layers with few enough channels for the direct kernels (conv_transpose2d_direct.cpp) to beat oneDNN.
 bool direct(const at::Tensor& input, const ConvT2dParams& p) {
   return std::max(p.cin, p.cout) <= kDirectMaxChannels && direct_conv_transpose2d_fits(input, p);
+}
+
+// 3x3 stride-1 layers with more than 64 channels on each side (DeconvNet's decoder) by Winograd's
+// F(2x2, 3x3), both memory formats (with 64 channels it lost to the direct kernels and oneDNN:
+// benchmarks/notes/conv_transpose2d.md, section 23).
+bool winograd(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
+  return std::min(p.cin, p.cout) > kDirectMaxChannels && winograd_conv_transpose2d_fits(input, p);
+}
+
+// The Winograd-transformed weight, kept in the packed-weight cache as oneDNN's packed form is (packed by
+// forward calls only: see packed_weights.h).
+at::Tensor winograd_weight(const at::Tensor& weight, bool may_pack) {
+  const at::Tensor t =
+      packed_weight(weight, {2}, [&] { return winograd_conv_transpose2d_weight(weight); }, may_pack);
+  return t.defined() ? t : winograd_conv_transpose2d_weight(weight);
 }
 
 // A route forced by an environment variable (read once: getenv on every call measured in the per-call
@@ -320,6 +339,7 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
   if (force >= 0) return static_cast<Route>(force);
   if (p.shuffle()) return fmt == at::MemoryFormat::ChannelsLast ? Route::kOneDnn : Route::kShuffle;
   if (direct(input, p)) return Route::kDirect;
+  if (winograd(input, p, fmt)) return Route::kWinograd;
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
@@ -328,6 +348,7 @@ Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::Memory
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force >= 0) return static_cast<Route>(force);
   if (!p.shuffle() && direct(input, p)) return Route::kDirect;
+  if (winograd(input, p, fmt)) return Route::kWinograd;
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
@@ -411,6 +432,12 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
     case Route::kShuffleViaChannelsLast:
       if (p.shuffle()) return shuffle_forward(input, weight, bias, p, relu, cl).contiguous(fmt);
       break;
+    case Route::kWinograd:
+      if (winograd_conv_transpose2d_fits(input, p)) {
+        const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+        return winograd_conv_transpose2d_forward(input, winograd_weight(weight, true), b, p, relu, fmt);
+      }
+      break;
     case Route::kOneDnnViaChannelsLast:
       return onednn_forward(input.contiguous(cl), weight, bias, stride, padding, output_padding, groups, dilation,
                             relu)
@@ -439,6 +466,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
     return {grad_input, direct_conv_transpose2d_grad_weight(g, input, p), g.sum({0, 2, 3})};
   }
   if (route == Route::kShuffle && p.shuffle()) return shuffle_backward(grad_output, input, weight, p, fmt);
+  if (route == Route::kWinograd && winograd_conv_transpose2d_fits(input, p)) {
+    // The input gradient by Winograd, the weight and bias gradients by oneDNN (what PyTorch runs).
+    auto r = at::convolution_backward(grad_output, input, weight, std::vector<int64_t>{p.cout}, stride, padding,
+                                      dilation, /*transposed=*/true, output_padding, groups, {false, true, true});
+    return {winograd_conv_transpose2d_grad_input(grad_output, winograd_weight(weight, false), p, fmt),
+            std::get<1>(r), std::get<2>(r)};
+  }
   if (route == Route::kShuffleViaChannelsLast && p.shuffle()) {
     auto r = shuffle_backward(grad_output.contiguous(cl), input.contiguous(cl), weight, p, cl);
     return {std::get<0>(r).contiguous(fmt), std::get<1>(r), std::get<2>(r)};

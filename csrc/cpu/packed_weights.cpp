@@ -16,7 +16,8 @@ namespace fastseg {
 namespace {
 
 // Bounds: a U-Net's four up-convolutions hold 11 MB of weights, the largest bundled layer 9.4 MB; an entry
-// costs about twice its weight (the copy and the packed form).
+// costs its weight (the copy) and its packed form (about the weight's size for oneDNN, 16/9 of it for the
+// Winograd transform).
 constexpr size_t kMaxEntries = 64;
 constexpr int64_t kMaxBytes = int64_t(1) << 30;
 constexpr size_t kMaxSightings = 64;
@@ -77,7 +78,8 @@ const char* block(const at::Tensor& t) {
 
 }  // namespace
 
-at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, const std::function<at::Tensor()>& pack) {
+at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, const std::function<at::Tensor()>& pack,
+                         bool may_pack) {
   const char* bytes = block(weight);
   if (!enabled() || bytes == nullptr) return at::Tensor();
   const int64_t n = weight.numel() * static_cast<int64_t>(weight.element_size());
@@ -91,6 +93,7 @@ at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, con
     c.entries.splice(c.entries.begin(), c.entries, it);  // most recently used
     return it->packed;
   }
+  if (!may_pack) return at::Tensor();
   // Inference tensors have no version counter; the byte comparison above keeps their hits correct.
   const void* where = bytes;
   const int64_t version = weight.is_inference() ? -1 : static_cast<int64_t>(weight._version());
@@ -109,7 +112,9 @@ at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, con
     if (stale) c.bytes -= e.bytes;
     return stale;
   });
-  Entry e{std::move(key), where, weight.clone(), pack(), 2 * n};
+  at::Tensor packed = pack();
+  const int64_t held = n + packed.numel() * static_cast<int64_t>(packed.element_size());  // the copy and packed
+  Entry e{std::move(key), where, weight.clone(), std::move(packed), held};
   c.bytes += e.bytes;
   c.entries.push_front(std::move(e));
   while (c.entries.size() > kMaxEntries || (c.bytes > kMaxBytes && c.entries.size() > 1)) {

@@ -26,7 +26,9 @@ namespace fastseg {
 // The packed form of `weight` for the call described by `key` (everything besides the weight's bytes that
 // the packed form depends on: which op, sizes, strides, dtype, the op's parameters, the input's shape),
 // or an undefined tensor when the cache has none (the caller then runs the unpacked path). `pack` builds
-// the packed form; it runs at most once per call.
-at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, const std::function<at::Tensor()>& pack);
+// the packed form; it runs at most once per call. With may_pack = false the cache is only looked up: a
+// backward pass, which in training sees each weight once, should not pay for the copy.
+at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, const std::function<at::Tensor()>& pack,
+                         bool may_pack = true);
 
 }  // namespace fastseg

@@ -1,0 +1,450 @@
+// CPU fp32 3x3 stride-1 transposed convolution by Winograd's minimal filtering F(2x2, 3x3) (DeconvNet's
+// decoder layers, k3 s1 p1), forward and input gradient.
+//
+// A stride-1 transposed convolution is a plain 3x3 convolution, and so is its input gradient:
+//     out     = conv2d(x, K, padding 2 - p),   K[co][ci] = W[ci][co] rotated by 180 degrees
+//     grad_x  = conv2d(grad_out, W, padding p)  (W read as [out channel ci][in channel co])
+// F(2x2, 3x3) computes a 2x2 output tile of a 3x3 convolution with 16 products per channel pair where the
+// direct sum takes 36. For a block of tiles of the input d (4x4 patches, 2 apart):
+//     V[xi][c][t]  = (B^T d B)[xi]                          input transform
+//     M[xi][k][t]  = sum_c U[xi][k][c] V[xi][c][t]          16 GEMMs (MKL's sgemm, one thread per block)
+//     y[k][tile t] = A^T M A  (+ bias, ReLU)                output transform
+// with U = G g G^T the transformed 3x3 kernel g. The coefficients of B, G and A are 0, +-1 and 1/2: the
+// rounding error stays close to that of the direct sum (benchmarks/notes/conv_transpose2d.md, section 23).
+// One transformed weight T[xi][ci][co] = (G W[ci][co] G^T)[xi] serves both directions: rotating g by 180
+// degrees swaps rows 0 and 3 of G g (and columns 0 and 3 of g G^T), so the forward's U is T at the
+// swapped index, transposed, which the GEMM reads in place.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "conv_transpose2d.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The transforms are plain loops over tiles or channels, vectorised by the compiler for AVX2 (the rest
+// of the library is built for the x86-64 baseline); the route is taken only where the CPU has AVX2.
+#define FASTSEG_WINOGRAD_TARGET __attribute__((target("avx2")))
+#define FASTSEG_WINOGRAD 1
+#else
+#define FASTSEG_WINOGRAD_TARGET
+#endif
+
+namespace fastseg {
+namespace {
+
+// The sgemm of the BLAS PyTorch is built with (MKL in the PyTorch wheels), looked up at run time: ATen's
+// own gemm wrapper (at::native::cpublas::gemm) is not exported from libtorch_cpu, and at::mm costs a
+// dispatch per call. Without it the route is not taken.
+using Sgemm = void(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                   const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                   const float* beta, float* c, const int* ldc);
+Sgemm* blas_sgemm() {
+  static Sgemm* const f = [] {
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    return reinterpret_cast<Sgemm*>(lib ? dlsym(lib, "sgemm_") : nullptr);
+  }();
+  return f;
+}
+
+// Column-major C (m x n) = op(A) (m x k) op(B) (k x n), op: the matrix or its transpose.
+void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float* c, int64_t ldc) {
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+  const float one = 1.f, zero = 0.f;
+  blas_sgemm()(transpose_a ? "T" : "N", transpose_b ? "T" : "N", &mi, &ni, &ki, &one, a, &la, b, &lb, &zero, c, &lc);
+}
+
+// The 4 x 4 transform index xi = 4 * row + column, and its 180-degree rotation (rows and columns 0 <-> 3).
+constexpr int kSwap[4] = {3, 1, 2, 0};
+
+// T[xi][ci][co] = (G w[ci][co] G^T)[xi] for one ci, w: [Cin][Cout][3][3] contiguous. g: 9 * Cout floats,
+// u: 16 * Cout floats of scratch (the 16 rows are built here and copied out one by one: written in place,
+// 16 streams 4 * Cin * Cout bytes apart fall into the same cache sets).
+FASTSEG_WINOGRAD_TARGET void transform_weight_row(const float* w, int64_t ci, int64_t cin, int64_t cout,
+                                                  float* __restrict__ g, float* __restrict__ u, float* T) {
+  const float* src = w + ci * cout * 9;
+  for (int64_t co = 0; co < cout; ++co)  // [co][9] -> [9][co]
+    for (int k = 0; k < 9; ++k) g[k * cout + co] = src[co * 9 + k];
+  for (int b = 0; b < 3; ++b) {  // G g, column b: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
+    const float* g0 = g + b * cout;
+    const float* g1 = g0 + 3 * cout;
+    const float* g2 = g0 + 6 * cout;
+    float* r0 = u + b * cout;  // r[a][b] at u[(4 * a + b) * cout]; column 3 is free scratch until below
+    float* r1 = r0 + 4 * cout;
+    float* r2 = r0 + 8 * cout;
+    float* r3 = r0 + 12 * cout;
+    for (int64_t co = 0; co < cout; ++co) {
+      r0[co] = g0[co];
+      r1[co] = 0.5f * (g0[co] + g1[co] + g2[co]);
+      r2[co] = 0.5f * (g0[co] - g1[co] + g2[co]);
+      r3[co] = g2[co];
+    }
+  }
+  for (int a = 0; a < 4; ++a) {  // (G g) G^T, row a, in place: columns 0, 1, 2 -> 0, 1, 2, 3
+    float* q0 = u + 4 * a * cout;
+    float* q1 = q0 + cout;
+    float* q2 = q0 + 2 * cout;
+    float* q3 = q0 + 3 * cout;
+    for (int64_t co = 0; co < cout; ++co) {
+      const float v0 = q0[co], v1 = q1[co], v2 = q2[co];
+      q1[co] = 0.5f * (v0 + v1 + v2);
+      q2[co] = 0.5f * (v0 - v1 + v2);
+      q3[co] = v2;
+    }
+  }
+  for (int xi = 0; xi < 16; ++xi) std::copy(u + xi * cout, u + (xi + 1) * cout, T + (xi * cin + ci) * cout);
+}
+
+at::Tensor transform_weight(const at::Tensor& weight) {
+  const at::Tensor w = weight.contiguous();
+  const int64_t cin = w.size(0), cout = w.size(1);
+  at::Tensor T = at::empty({16, cin, cout}, w.options());
+  const float* wp = w.data_ptr<float>();
+  float* tp = T.data_ptr<float>();
+  at::parallel_for(0, cin, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> g(9 * cout), u(16 * cout);
+    for (int64_t ci = begin; ci < end; ++ci) transform_weight_row(wp, ci, cin, cout, g.data(), u.data(), tp);
+  });
+  return T;
+}
+
+// The geometry of one 3x3 convolution: input [N][C][H][W], output [N][K][Ho][Wo], zero padding (qh, qw),
+// and its 2x2 output tiles, numbered by (image, tile row) = r and tile column j. V and M hold
+// tiles_x + 1 columns per tile row: the extra one (j = tiles_x, never read back) makes a tile's input
+// patch start at 2 * (tile index) in the even and odd padded rows below, so the transforms run as long
+// loops over a whole block instead of short ones per tile row (measured 3-5x faster on 56-wide images);
+// it costs 1 / (tiles_x + 1) more GEMM work.
+struct Conv3x3 {
+  int64_t n, c, h, w, k, ho, wo, qh, qw;
+  int64_t tiles_y() const { return (ho + 1) / 2; }
+  int64_t tiles_x() const { return (wo + 1) / 2; }
+  int64_t stride_x() const { return tiles_x() + 1; }  // columns of V and M per tile row
+  int64_t padded_width() const { return 2 * stride_x(); }
+};
+
+// dst = a + b or a - b.
+FASTSEG_WINOGRAD_TARGET inline void add(float* __restrict__ dst, const float* __restrict__ a,
+                                        const float* __restrict__ b, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = a[j] + b[j];
+}
+FASTSEG_WINOGRAD_TARGET inline void sub(float* __restrict__ dst, const float* __restrict__ a,
+                                        const float* __restrict__ b, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = a[j] - b[j];
+}
+
+// The input rows a segment of tile rows reads, zero-padded to padded_width() columns (padded column x is
+// input column x - qw): dst row s = input row first + 2 s, for s in [0, rows).
+void padded_rows(const float* plane, const Conv3x3& g, int64_t first, int64_t rows, float* dst) {
+  const int64_t width = g.padded_width();
+  const int64_t x0 = std::min(g.qw, width), x1 = std::min(g.qw + g.w, width);  // columns with input
+  for (int64_t s = 0; s < rows; ++s, dst += width) {
+    const int64_t iy = first + 2 * s;
+    if (iy < 0 || iy >= g.h) {
+      std::fill(dst, dst + width, 0.f);
+      continue;
+    }
+    std::fill(dst, dst + x0, 0.f);
+    std::copy(plane + iy * g.w, plane + iy * g.w + (x1 - x0), dst + x0);
+    std::fill(dst + x1, dst + width, 0.f);
+  }
+}
+
+// Scratch floats for a segment of up to `rows` tile rows: the even and odd padded rows (with 4 zeros
+// after each set, read by the last extra tile) and e.
+int64_t input_scratch(const Conv3x3& g, int64_t rows) {
+  return 2 * ((rows + 1) * g.padded_width() + 4) + 16 * rows * g.stride_x();
+}
+
+// Input transform of channel c over the tile rows [r0, r1) (r = image * tiles_y + tile row):
+// V[xi][c][t], t = (r - r0) * stride_x + tile column, V's rows `ld` apart.
+FASTSEG_WINOGRAD_TARGET void input_transform(const float* x, const Conv3x3& g, int64_t c, int64_t r0, int64_t r1,
+                                             float* V, int64_t ld, float* scratch) {
+  const int64_t ty = g.tiles_y(), sx = g.stride_x(), width = g.padded_width(), plane = g.c * ld;
+  for (int64_t ra = r0; ra < r1;) {  // one segment per image
+    const int64_t img = ra / ty, rb = std::min(r1, (img + 1) * ty), rows = rb - ra, n_t = rows * sx;
+    // Tile row s of the segment reads padded rows 2 s .. 2 s + 3 of its image block: even ones are rows
+    // s, s + 1 of `even`, odd ones rows s, s + 1 of `odd`; tile (s, j) starts at column 2 j of them, i.e.
+    // at 2 (s sx + j) = 2 t.
+    float* even = scratch;
+    float* odd = even + (rows + 1) * width + 4;
+    float* e = odd + (rows + 1) * width + 4;
+    const float* plane_x = x + (img * g.c + c) * g.h * g.w;
+    const int64_t first = 2 * (ra % ty) - g.qh;
+    padded_rows(plane_x, g, first, rows + 1, even);
+    padded_rows(plane_x, g, first + 1, rows + 1, odd);
+    std::fill(even + (rows + 1) * width, even + (rows + 1) * width + 4, 0.f);
+    std::fill(odd + (rows + 1) * width, odd + (rows + 1) * width + 4, 0.f);
+    // d B, for each of the patch's 4 rows: e[(4 i + col) * n_t + t].
+    for (int i = 0; i < 4; ++i) {
+      const float* __restrict__ q = (i % 2 ? odd : even) + (i / 2) * width;
+      float* __restrict__ e0 = e + 4 * i * n_t;
+      float* __restrict__ e1 = e0 + n_t;
+      float* __restrict__ e2 = e1 + n_t;
+      float* __restrict__ e3 = e2 + n_t;
+      for (int64_t t = 0; t < n_t; ++t) {
+        e0[t] = q[2 * t] - q[2 * t + 2];
+        e1[t] = q[2 * t + 1] + q[2 * t + 2];
+        e2[t] = q[2 * t + 2] - q[2 * t + 1];
+        e3[t] = q[2 * t + 1] - q[2 * t + 3];
+      }
+    }
+    // B^T (d B), column by column.
+    float* v = V + c * ld + (ra - r0) * sx;
+    for (int col = 0; col < 4; ++col) {
+      const float* d0 = e + col * n_t;
+      const float* d1 = d0 + 4 * n_t;
+      const float* d2 = d0 + 8 * n_t;
+      const float* d3 = d0 + 12 * n_t;
+      sub(v + col * plane, d0, d2, n_t);
+      add(v + (4 + col) * plane, d1, d2, n_t);
+      sub(v + (8 + col) * plane, d2, d1, n_t);
+      sub(v + (12 + col) * plane, d1, d3, n_t);
+    }
+    ra = rb;
+  }
+}
+
+// Scratch floats of the output transform for a segment of up to `rows` tile rows.
+int64_t output_scratch(const Conv3x3& g, int64_t rows) { return 4 * rows * g.stride_x(); }
+
+// Output transform of output channel k over the same tile rows: y = A^T M A + bias, ReLU, into out
+// [N][K][Ho][Wo].
+FASTSEG_WINOGRAD_TARGET void output_transform(const float* M, const Conv3x3& g, int64_t k, int64_t r0, int64_t r1,
+                                              int64_t ld, const float* bias, bool relu, float* out, float* scratch) {
+  const int64_t ty = g.tiles_y(), sx = g.stride_x(), plane = g.k * ld;
+  const float bk = bias ? bias[k] : 0.f;
+  for (int64_t ra = r0; ra < r1;) {
+    const int64_t img = ra / ty, rb = std::min(r1, (img + 1) * ty), n_t = (rb - ra) * sx;
+    float* __restrict__ y0 = scratch;  // output rows 2 s and 2 s + 1 of tile row s at [2 s sx, 2 (s + 1) sx)
+    float* __restrict__ y1 = scratch + 2 * n_t;
+    const float* __restrict__ m = M + k * ld + (ra - r0) * sx;
+    for (int64_t t = 0; t < n_t; ++t) {
+      float s0[4], s1[4];  // A^T M
+      for (int col = 0; col < 4; ++col) {
+        const float m0 = m[col * plane + t], m1 = m[(4 + col) * plane + t], m2 = m[(8 + col) * plane + t],
+                    m3 = m[(12 + col) * plane + t];
+        s0[col] = m0 + m1 + m2;
+        s1[col] = m1 - m2 - m3;
+      }
+      y0[2 * t] = s0[0] + s0[1] + s0[2] + bk;  // (A^T M) A
+      y0[2 * t + 1] = s0[1] - s0[2] - s0[3] + bk;
+      y1[2 * t] = s1[0] + s1[1] + s1[2] + bk;
+      y1[2 * t + 1] = s1[1] - s1[2] - s1[3] + bk;
+    }
+    if (relu)  // v < 0 is false for NaN: NaN stays NaN
+      for (int64_t t = 0; t < 4 * n_t; ++t) scratch[t] = scratch[t] < 0.f ? 0.f : scratch[t];
+    for (int64_t r = ra; r < rb; ++r) {
+      const int64_t oy = (r % ty) * 2, at = 2 * (r - ra) * sx;
+      float* o = out + ((img * g.k + k) * g.ho + oy) * g.wo;
+      std::copy(y0 + at, y0 + at + g.wo, o);
+      if (oy + 1 < g.ho) std::copy(y1 + at, y1 + at + g.wo, o + g.wo);
+    }
+    ra = rb;
+  }
+}
+
+// channels_last: V[xi][t][c] and M[xi][t][k], t = (r - r0) * tiles_x + j, every pixel a run of channels,
+// so the transforms are loops over channels.
+
+// Input transform of the tiles [t0, t1) of a block starting at tile row r0. zero: C zeros; e: 16 C floats.
+FASTSEG_WINOGRAD_TARGET void input_transform_cl(const float* x, const Conv3x3& g, int64_t r0, int64_t t0, int64_t t1,
+                                                float* V, int64_t ld, const float* zero, float* e) {
+  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), C = g.c, plane = ld * C;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t r = r0 + t / tx, j = t % tx, img = r / ty;
+    const int64_t y0 = (r % ty) * 2 - g.qh, x0 = 2 * j - g.qw;
+    for (int i = 0; i < 4; ++i) {  // d B, row by row: e[(4 i + col) C + c]
+      const int64_t iy = y0 + i;
+      const float* d[4];
+      for (int b = 0; b < 4; ++b) {
+        const int64_t ix = x0 + b;
+        d[b] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? x + ((img * g.h + iy) * g.w + ix) * C : zero;
+      }
+      const float* __restrict__ d0 = d[0];
+      const float* __restrict__ d1 = d[1];
+      const float* __restrict__ d2 = d[2];
+      const float* __restrict__ d3 = d[3];
+      float* __restrict__ e0 = e + 4 * i * C;
+      float* __restrict__ e1 = e0 + C;
+      float* __restrict__ e2 = e1 + C;
+      float* __restrict__ e3 = e2 + C;
+      for (int64_t c = 0; c < C; ++c) {
+        e0[c] = d0[c] - d2[c];
+        e1[c] = d1[c] + d2[c];
+        e2[c] = d2[c] - d1[c];
+        e3[c] = d1[c] - d3[c];
+      }
+    }
+    float* v = V + t * C;
+    for (int col = 0; col < 4; ++col) {  // B^T (d B)
+      const float* a0 = e + col * C;
+      const float* a1 = a0 + 4 * C;
+      const float* a2 = a0 + 8 * C;
+      const float* a3 = a0 + 12 * C;
+      sub(v + col * plane, a0, a2, C);
+      add(v + (4 + col) * plane, a1, a2, C);
+      sub(v + (8 + col) * plane, a2, a1, C);
+      sub(v + (12 + col) * plane, a1, a3, C);
+    }
+  }
+}
+
+// Output transform of the tiles [t0, t1): y = A^T M A + bias, ReLU, into out [N][Ho][Wo][K]. s: 8 K floats.
+FASTSEG_WINOGRAD_TARGET void output_transform_cl(const float* M, const Conv3x3& g, int64_t r0, int64_t t0, int64_t t1,
+                                                 int64_t ld, const float* bias, const float* zero, bool relu,
+                                                 float* out, float* s) {
+  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), K = g.k, plane = ld * K;
+  const float* __restrict__ b = bias ? bias : zero;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t r = r0 + t / tx, j = t % tx, img = r / ty, oy = (r % ty) * 2, ox = 2 * j;
+    const float* m = M + t * K;
+    for (int col = 0; col < 4; ++col) {  // A^T M: s[(4 i + col) K + k]
+      const float* __restrict__ m0 = m + col * plane;
+      const float* __restrict__ m1 = m0 + 4 * plane;
+      const float* __restrict__ m2 = m0 + 8 * plane;
+      const float* __restrict__ m3 = m0 + 12 * plane;
+      float* __restrict__ s0 = s + col * K;
+      float* __restrict__ s1 = s0 + 4 * K;
+      for (int64_t k = 0; k < K; ++k) {
+        s0[k] = m0[k] + m1[k] + m2[k];
+        s1[k] = m1[k] - m2[k] - m3[k];
+      }
+    }
+    for (int i = 0; i < 2 && oy + i < g.ho; ++i) {  // (A^T M) A
+      const float* __restrict__ q0 = s + 4 * i * K;
+      const float* __restrict__ q1 = q0 + K;
+      const float* __restrict__ q2 = q0 + 2 * K;
+      const float* __restrict__ q3 = q0 + 3 * K;
+      float* __restrict__ o0 = out + ((img * g.ho + oy + i) * g.wo + ox) * K;
+      for (int64_t k = 0; k < K; ++k) {
+        const float v = q0[k] + q1[k] + q2[k] + b[k];
+        o0[k] = relu && v < 0.f ? 0.f : v;  // v < 0 is false for NaN: NaN stays NaN
+      }
+      if (ox + 1 < g.wo) {
+        float* __restrict__ o1 = o0 + K;
+        for (int64_t k = 0; k < K; ++k) {
+          const float v = q1[k] - q2[k] - q3[k] + b[k];
+          o1[k] = relu && v < 0.f ? 0.f : v;
+        }
+      }
+    }
+  }
+}
+
+// A buffer of at least n floats, kept by the calling thread and reused by its next calls: V and M are
+// 1-12 MB per call, and fresh memory of that size costs a page fault per 4 KiB on every call once glibc
+// hands it back to the system (benchmarks/notes/conv_transpose2d.md, section 17).
+float* workspace(int64_t n) {
+  thread_local std::unique_ptr<float[]> buffer;
+  thread_local int64_t size = 0;
+  if (n > size) {
+    buffer.reset(new float[n]);
+    size = n;
+  }
+  return buffer.get();
+}
+
+// out = conv2d(x, kernel, padding (qh, qw)) + bias, ReLU, with the kernel given by the transformed weight
+// T [16][C or K][K or C]: rotated = false: kernel[k][c] = T[xi][k][c] (T is [16][K][C]); rotated = true:
+// kernel[k][c] is the 180-degree rotation of the 3x3 kernel whose transform is T[xi][c][k] (T is
+// [16][C][K]).
+void winograd_conv3x3(const at::Tensor& x, const at::Tensor& T, bool rotated, const float* bias, bool relu,
+                      const Conv3x3& g, bool channels_last, at::Tensor& out) {
+  // Tile columns per tile row in V and M: NCHW keeps one extra (see Conv3x3).
+  const int64_t sx = channels_last ? g.tiles_x() : g.stride_x(), rows_total = g.n * g.tiles_y();
+  // Blocks of tile rows, one after the other, each in three parallel passes: the input transform (by
+  // channel in NCHW, by tile in channels_last), the 16 GEMMs by transform index xi (a thread then reads
+  // only its share of the transformed weight), the output transform (by output channel, by tile). A
+  // block's V and M take at most ~12 MB (they stay in the 32 MB L3 between the passes); more tiles per
+  // block make the GEMMs faster (70 -> 90 GFLOP/s a core from 49 to 280 columns, 512 channels).
+  const int64_t per_tile_row = 16 * (g.c + g.k) * sx * static_cast<int64_t>(sizeof(float));
+  const int64_t block = std::clamp<int64_t>((int64_t(12) << 20) / per_tile_row, 1, rows_total);
+  const int64_t ld_max = block * sx;
+  float* vp = workspace(16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
+  float* mp = vp + 16 * g.c * ld_max;
+  float* zero = mp + 16 * g.k * ld_max;  // a pixel of zeros (channels_last padding, no bias)
+  std::fill(zero, zero + std::max(g.c, g.k), 0.f);
+  const float* xp = x.data_ptr<float>();
+  const float* tp = T.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
+    const int64_t r1 = std::min(rows_total, r0 + block), ld = (r1 - r0) * sx;
+    if (channels_last)
+      at::parallel_for(0, ld, 8, [&](int64_t begin, int64_t end) {
+        std::vector<float> e(16 * g.c);
+        input_transform_cl(xp, g, r0, begin, end, vp, ld, zero, e.data());
+      });
+    else
+      at::parallel_for(0, g.c, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> scratch(input_scratch(g, r1 - r0));
+        for (int64_t c = begin; c < end; ++c) input_transform(xp, g, c, r0, r1, vp, ld, scratch.data());
+      });
+    at::parallel_for(0, 16, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t xi = begin; xi < end; ++xi) {
+        const float* v = vp + xi * g.c * ld;
+        float* m = mp + xi * g.k * ld;
+        // The kernel's transform: rotated: T[swap(xi)] is [C][K] row-major; else T[xi] is [K][C] row-major.
+        const float* u = rotated ? tp + (kSwap[xi / 4] * 4 + kSwap[xi % 4]) * g.c * g.k : tp + xi * g.k * g.c;
+        if (channels_last)  // column-major: M[xi]^T (K x ld) = U^T (K x C) V[xi]^T (C x ld)
+          sgemm(!rotated, false, g.k, ld, g.c, u, rotated ? g.k : g.c, v, g.c, m, g.k);
+        else  // column-major: M[xi]^T (ld x K) = V[xi]^T (ld x C) U (C x K)
+          sgemm(false, rotated, ld, g.k, g.c, v, ld, u, rotated ? g.k : g.c, m, ld);
+      }
+    });
+    if (channels_last)
+      at::parallel_for(0, ld, 8, [&](int64_t begin, int64_t end) {
+        std::vector<float> scratch(8 * g.k);
+        output_transform_cl(mp, g, r0, begin, end, ld, bias, zero, relu, op, scratch.data());
+      });
+    else
+      at::parallel_for(0, g.k, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> scratch(output_scratch(g, r1 - r0));
+        for (int64_t k = begin; k < end; ++k) output_transform(mp, g, k, r0, r1, ld, bias, relu, op, scratch.data());
+      });
+  }
+}
+
+}  // namespace
+
+bool winograd_conv_transpose2d_fits(const at::Tensor& input, const ConvT2dParams& p) {
+#ifdef FASTSEG_WINOGRAD
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  static const bool blas = blas_sgemm() != nullptr;
+  return avx2 && blas && input.scalar_type() == at::kFloat && p.kh == 3 && p.kw == 3 && p.sh == 1 && p.sw == 1 &&
+         p.dh == 1 && p.dw == 1 && p.groups == 1 && p.ph <= 2 && p.pw <= 2 && p.oph == 0 && p.opw == 0;
+#else
+  (void)input, (void)p;
+  return false;
+#endif
+}
+
+at::Tensor winograd_conv_transpose2d_weight(const at::Tensor& weight) { return transform_weight(weight); }
+
+at::Tensor winograd_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& transformed,
+                                             const at::Tensor& bias, const ConvT2dParams& p, bool relu,
+                                             at::MemoryFormat fmt) {
+  const at::Tensor x = input.contiguous(fmt);
+  at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
+  const Conv3x3 g{p.n, p.cin, p.h, p.w, p.cout, p.ho, p.wo, 2 - p.ph, 2 - p.pw};
+  winograd_conv3x3(x, transformed, /*rotated=*/true, bias.defined() ? bias.data_ptr<float>() : nullptr, relu, g,
+                   fmt == at::MemoryFormat::ChannelsLast, out);
+  return out;
+}
+
+at::Tensor winograd_conv_transpose2d_grad_input(const at::Tensor& grad_output, const at::Tensor& transformed,
+                                                const ConvT2dParams& p, at::MemoryFormat fmt) {
+  const at::Tensor gy = grad_output.contiguous(fmt);
+  at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, grad_output.options().memory_format(fmt));
+  const Conv3x3 g{p.n, p.cout, p.ho, p.wo, p.cin, p.h, p.w, p.ph, p.pw};
+  winograd_conv3x3(gy, transformed, /*rotated=*/false, nullptr, false, g, fmt == at::MemoryFormat::ChannelsLast,
+                   grad_input);
+  return grad_input;
+}
+
+}  // namespace fastseg

@@ -319,12 +319,10 @@ bool winograd(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat 
   return std::min(p.cin, p.cout) > kDirectMaxChannels && winograd_conv_transpose2d_fits(input, p);
 }
 
-// The Winograd-transformed weight, kept in the packed-weight cache as oneDNN's packed form is (packed by
-// forward calls only: see packed_weights.h).
-at::Tensor winograd_weight(const at::Tensor& weight, bool may_pack) {
-  const at::Tensor t =
-      packed_weight(weight, {2}, [&] { return winograd_conv_transpose2d_weight(weight); }, may_pack);
-  return t.defined() ? t : winograd_conv_transpose2d_weight(weight);
+// The Winograd-transformed weight kept in the packed-weight cache as oneDNN's packed form is (packed by
+// forward calls only: see packed_weights.h), or an undefined tensor.
+at::Tensor cached_winograd_weight(const at::Tensor& weight, bool may_pack) {
+  return packed_weight(weight, {2}, [&] { return winograd_conv_transpose2d_weight(weight); }, may_pack);
 }
 
 // A route forced by an environment variable (read once: getenv on every call measured in the per-call
@@ -435,7 +433,8 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
     case Route::kWinograd:
       if (winograd_conv_transpose2d_fits(input, p)) {
         const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-        return winograd_conv_transpose2d_forward(input, winograd_weight(weight, true), b, p, relu, fmt);
+        return winograd_conv_transpose2d_forward(input, weight, cached_winograd_weight(weight, true), b, p, relu,
+                                                 fmt);
       }
       break;
     case Route::kOneDnnViaChannelsLast:
@@ -467,11 +466,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
   }
   if (route == Route::kShuffle && p.shuffle()) return shuffle_backward(grad_output, input, weight, p, fmt);
   if (route == Route::kWinograd && winograd_conv_transpose2d_fits(input, p)) {
-    // The input gradient by Winograd, the weight and bias gradients by oneDNN (what PyTorch runs).
-    auto r = at::convolution_backward(grad_output, input, weight, std::vector<int64_t>{p.cout}, stride, padding,
-                                      dilation, /*transposed=*/true, output_padding, groups, {false, true, true});
-    return {winograd_conv_transpose2d_grad_input(grad_output, winograd_weight(weight, false), p, fmt),
-            std::get<1>(r), std::get<2>(r)};
+    return {winograd_conv_transpose2d_grad_input(grad_output, weight, cached_winograd_weight(weight, false), p, fmt),
+            winograd_conv_transpose2d_grad_weight(grad_output, input, p, fmt), grad_output.sum({0, 2, 3})};
   }
   if (route == Route::kShuffleViaChannelsLast && p.shuffle()) {
     auto r = shuffle_backward(grad_output.contiguous(cl), input.contiguous(cl), weight, p, cl);

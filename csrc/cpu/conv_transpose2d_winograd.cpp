@@ -52,16 +52,33 @@ Sgemm* blas_sgemm() {
 }
 
 // Column-major C (m x n) = op(A) (m x k) op(B) (k x n), op: the matrix or its transpose.
+// C = op(A) op(B) + beta C.
 void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-           const float* b, int64_t ldb, float* c, int64_t ldc) {
+           const float* b, int64_t ldb, float* c, int64_t ldc, float beta = 0.f) {
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
-  const float one = 1.f, zero = 0.f;
-  blas_sgemm()(transpose_a ? "T" : "N", transpose_b ? "T" : "N", &mi, &ni, &ki, &one, a, &la, b, &lb, &zero, c, &lc);
+  const float one = 1.f;
+  blas_sgemm()(transpose_a ? "T" : "N", transpose_b ? "T" : "N", &mi, &ni, &ki, &one, a, &la, b, &lb, &beta, c, &lc);
 }
 
 // The 4 x 4 transform index xi = 4 * row + column, and its 180-degree rotation (rows and columns 0 <-> 3).
 constexpr int kSwap[4] = {3, 1, 2, 0};
+
+// A buffer of at least n floats, kept by the calling thread and reused by its next calls (slot 0: V and M,
+// 1-12 MB; slot 1: a transformed weight that is not cached, up to 16.8 MB at 512 channels). Fresh memory
+// of that size costs a page fault per 4 KiB on every call once glibc hands it back to the system
+// (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for the 512-channel
+// weight, and it slowed oneDNN's weight gradient run next to it by 4 ms.
+float* workspace(int slot, int64_t n) {
+  thread_local std::unique_ptr<float[]> buffers[2];
+  thread_local int64_t sizes[2] = {0, 0};
+  if (n > sizes[slot]) {
+    buffers[slot].reset();
+    buffers[slot].reset(new float[n]);
+    sizes[slot] = n;
+  }
+  return buffers[slot].get();
+}
 
 // T[xi][ci][co] = (G w[ci][co] G^T)[xi] for one ci, w: [Cin][Cout][3][3] contiguous. g: 9 * Cout floats,
 // u: 16 * Cout floats of scratch (the 16 rows are built here and copied out one by one: written in place,
@@ -101,17 +118,30 @@ FASTSEG_WINOGRAD_TARGET void transform_weight_row(const float* w, int64_t ci, in
   for (int xi = 0; xi < 16; ++xi) std::copy(u + xi * cout, u + (xi + 1) * cout, T + (xi * cin + ci) * cout);
 }
 
-at::Tensor transform_weight(const at::Tensor& weight) {
+void transform_weight(const at::Tensor& weight, float* tp) {
   const at::Tensor w = weight.contiguous();
   const int64_t cin = w.size(0), cout = w.size(1);
-  at::Tensor T = at::empty({16, cin, cout}, w.options());
   const float* wp = w.data_ptr<float>();
-  float* tp = T.data_ptr<float>();
   at::parallel_for(0, cin, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> g(9 * cout), u(16 * cout);
     for (int64_t ci = begin; ci < end; ++ci) transform_weight_row(wp, ci, cin, cout, g.data(), u.data(), tp);
   });
-  return T;
+}
+
+// n floats for a transformed weight or its gradient: workspace slot 1, or past 64 MB a tensor of their own,
+// held by `own`.
+float* weight_space(int64_t n, const at::TensorOptions& options, at::Tensor& own) {
+  if (n <= (int64_t(16) << 20)) return workspace(1, n);
+  own = at::empty({n}, options);
+  return own.data_ptr<float>();
+}
+
+// The transformed weight: the cached one, else transformed into weight_space.
+const float* transformed_weight(const at::Tensor& weight, const at::Tensor& cached, at::Tensor& own) {
+  if (cached.defined()) return cached.data_ptr<float>();
+  float* tp = weight_space(16 * weight.size(0) * weight.size(1), weight.options(), own);
+  transform_weight(weight, tp);
+  return tp;
 }
 
 // The geometry of one 3x3 convolution: input [N][C][H][W], output [N][K][Ho][Wo], zero padding (qh, qw),
@@ -337,24 +367,17 @@ FASTSEG_WINOGRAD_TARGET void output_transform_cl(const float* M, const Conv3x3& 
   }
 }
 
-// A buffer of at least n floats, kept by the calling thread and reused by its next calls: V and M are
-// 1-12 MB per call, and fresh memory of that size costs a page fault per 4 KiB on every call once glibc
-// hands it back to the system (benchmarks/notes/conv_transpose2d.md, section 17).
-float* workspace(int64_t n) {
-  thread_local std::unique_ptr<float[]> buffer;
-  thread_local int64_t size = 0;
-  if (n > size) {
-    buffer.reset(new float[n]);
-    size = n;
-  }
-  return buffer.get();
+// Tile rows per block: V and M (or D) take at most ~12 MB.
+int64_t block_rows(const Conv3x3& g, int64_t sx) {
+  const int64_t per_tile_row = 16 * (g.c + g.k) * sx * static_cast<int64_t>(sizeof(float));
+  return std::clamp<int64_t>((int64_t(12) << 20) / per_tile_row, 1, g.n * g.tiles_y());
 }
 
 // out = conv2d(x, kernel, padding (qh, qw)) + bias, ReLU, with the kernel given by the transformed weight
 // T [16][C or K][K or C]: rotated = false: kernel[k][c] = T[xi][k][c] (T is [16][K][C]); rotated = true:
 // kernel[k][c] is the 180-degree rotation of the 3x3 kernel whose transform is T[xi][c][k] (T is
 // [16][C][K]).
-void winograd_conv3x3(const at::Tensor& x, const at::Tensor& T, bool rotated, const float* bias, bool relu,
+void winograd_conv3x3(const at::Tensor& x, const float* tp, bool rotated, const float* bias, bool relu,
                       const Conv3x3& g, bool channels_last, at::Tensor& out) {
   // Tile columns per tile row in V and M: NCHW keeps one extra (see Conv3x3).
   const int64_t sx = channels_last ? g.tiles_x() : g.stride_x(), rows_total = g.n * g.tiles_y();
@@ -363,15 +386,12 @@ void winograd_conv3x3(const at::Tensor& x, const at::Tensor& T, bool rotated, co
   // only its share of the transformed weight), the output transform (by output channel, by tile). A
   // block's V and M take at most ~12 MB (they stay in the 32 MB L3 between the passes); more tiles per
   // block make the GEMMs faster (70 -> 90 GFLOP/s a core from 49 to 280 columns, 512 channels).
-  const int64_t per_tile_row = 16 * (g.c + g.k) * sx * static_cast<int64_t>(sizeof(float));
-  const int64_t block = std::clamp<int64_t>((int64_t(12) << 20) / per_tile_row, 1, rows_total);
-  const int64_t ld_max = block * sx;
-  float* vp = workspace(16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
+  const int64_t block = block_rows(g, sx), ld_max = block * sx;
+  float* vp = workspace(0, 16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
   float* mp = vp + 16 * g.c * ld_max;
   float* zero = mp + 16 * g.k * ld_max;  // a pixel of zeros (channels_last padding, no bias)
   std::fill(zero, zero + std::max(g.c, g.k), 0.f);
   const float* xp = x.data_ptr<float>();
-  const float* tp = T.data_ptr<float>();
   float* op = out.data_ptr<float>();
   for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
     const int64_t r1 = std::min(rows_total, r0 + block), ld = (r1 - r0) * sx;
@@ -410,6 +430,214 @@ void winograd_conv3x3(const at::Tensor& x, const at::Tensor& T, bool rotated, co
   }
 }
 
+// The weight gradient is the adjoint of the forward's tile algebra: with M = U . V per tile and
+// y = A^T M A, the gradient of U[xi] is sum over tiles of V[xi] D[xi], D = A dY A^T (the output gradient's
+// 2x2 tile spread to 4x4, zero outside the output), and that of the 3x3 kernel g is G^T dU G. Again 16
+// GEMMs (now summed over the tiles) where a direct sum takes 36 products per tile and channel pair.
+
+// D = A dY A^T from the tile's output gradient y (2x2): by rows u = A y (u0 = y0, u1 = y0 + y1,
+// u2 = y0 - y1, u3 = -y1), then by columns the same. dst: the 4 rows of D's row r; a, b: u[r][0], u[r][1].
+FASTSEG_WINOGRAD_TARGET inline void spread_row(float* __restrict__ d0, float* __restrict__ d1, float* __restrict__ d2,
+                                               float* __restrict__ d3, const float* __restrict__ a,
+                                               const float* __restrict__ b, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    d0[j] = a[j];
+    d1[j] = a[j] + b[j];
+    d2[j] = a[j] - b[j];
+    d3[j] = -b[j];
+  }
+}
+
+// The 8 rows u[r][col] (r = 0..3, col = 0, 1) of A y for n tiles: y_i_col[j] in y + (2 i + col) n, u in u.
+FASTSEG_WINOGRAD_TARGET inline void spread_columns(const float* y, float* u, int64_t n) {
+  const float* __restrict__ y00 = y;
+  const float* __restrict__ y01 = y + n;
+  const float* __restrict__ y10 = y + 2 * n;
+  const float* __restrict__ y11 = y + 3 * n;
+  float* __restrict__ u10 = u;
+  float* __restrict__ u11 = u + n;
+  float* __restrict__ u20 = u + 2 * n;
+  float* __restrict__ u21 = u + 3 * n;
+  float* __restrict__ u30 = u + 4 * n;
+  float* __restrict__ u31 = u + 5 * n;
+  for (int64_t j = 0; j < n; ++j) {
+    u10[j] = y00[j] + y10[j];
+    u11[j] = y01[j] + y11[j];
+    u20[j] = y00[j] - y10[j];
+    u21[j] = y01[j] - y11[j];
+    u30[j] = -y10[j];
+    u31[j] = -y11[j];
+  }
+}
+
+// Scratch floats of grad_output_transform for a segment of up to `rows` tile rows.
+int64_t grad_output_scratch(const Conv3x3& g, int64_t rows) { return 2 * rows * g.padded_width() + 10 * rows * g.stride_x(); }
+
+// NCHW: D[xi][k][t] for output channel k over the tile rows [r0, r1), t as in V (the extra column reads
+// padding, so its D is zero and it adds nothing).
+FASTSEG_WINOGRAD_TARGET void grad_output_transform(const float* gy, const Conv3x3& g, int64_t k, int64_t r0,
+                                                   int64_t r1, float* D, int64_t ld, float* scratch) {
+  const int64_t ty = g.tiles_y(), sx = g.stride_x(), width = g.padded_width(), plane = g.k * ld;
+  for (int64_t ra = r0; ra < r1;) {
+    const int64_t img = ra / ty, rb = std::min(r1, (img + 1) * ty), rows = rb - ra, n_t = rows * sx;
+    // q_i: output row 2 s + i of tile row s at [s width, (s + 1) width), zero past the output.
+    float* q = scratch;
+    float* y = q + 2 * rows * width;  // the tiles' 4 values, then u
+    float* u = y + 4 * n_t;
+    const float* plane_y = gy + (img * g.k + k) * g.ho * g.wo;
+    for (int i = 0; i < 2; ++i)
+      for (int64_t s = 0; s < rows; ++s) {
+        float* row = q + (i * rows + s) * width;
+        const int64_t oy = 2 * ((ra % ty) + s) + i;
+        const int64_t valid = oy < g.ho ? g.wo : 0;
+        std::copy(plane_y + oy * g.wo, plane_y + oy * g.wo + valid, row);
+        std::fill(row + valid, row + width, 0.f);
+      }
+    for (int i = 0; i < 2; ++i) {  // deinterleave: y[(2 i + col) n_t + t]
+      const float* __restrict__ src = q + i * rows * width;
+      float* __restrict__ a = y + 2 * i * n_t;
+      float* __restrict__ b = a + n_t;
+      for (int64_t t = 0; t < n_t; ++t) {
+        a[t] = src[2 * t];
+        b[t] = src[2 * t + 1];
+      }
+    }
+    spread_columns(y, u, n_t);
+    float* d = D + k * ld + (ra - r0) * sx;
+    const float* rows_u[4][2] = {{y, y + n_t}, {u, u + n_t}, {u + 2 * n_t, u + 3 * n_t}, {u + 4 * n_t, u + 5 * n_t}};
+    for (int r = 0; r < 4; ++r)
+      spread_row(d + 4 * r * plane, d + (4 * r + 1) * plane, d + (4 * r + 2) * plane, d + (4 * r + 3) * plane,
+                 rows_u[r][0], rows_u[r][1], n_t);
+    ra = rb;
+  }
+}
+
+// channels_last: D[xi][t][k] for the tiles [t0, t1) of a block starting at tile row r0. y: 4 K floats of
+// scratch, u: 6 K.
+FASTSEG_WINOGRAD_TARGET void grad_output_transform_cl(const float* gy, const Conv3x3& g, int64_t r0, int64_t t0,
+                                                      int64_t t1, float* D, int64_t ld, const float* zero,
+                                                      float* scratch) {
+  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), K = g.k, plane = ld * K;
+  float* u = scratch;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t r = r0 + t / tx, j = t % tx, img = r / ty, oy = (r % ty) * 2, ox = 2 * j;
+    const float* y[4];  // (i, col) -> y[2 i + col]
+    for (int i = 0; i < 2; ++i)
+      for (int col = 0; col < 2; ++col)
+        y[2 * i + col] = oy + i < g.ho && ox + col < g.wo ? gy + ((img * g.ho + oy + i) * g.wo + ox + col) * K : zero;
+    const float* __restrict__ y00 = y[0];
+    const float* __restrict__ y01 = y[1];
+    const float* __restrict__ y10 = y[2];
+    const float* __restrict__ y11 = y[3];
+    float* __restrict__ u10 = u;
+    float* __restrict__ u11 = u + K;
+    float* __restrict__ u20 = u + 2 * K;
+    float* __restrict__ u21 = u + 3 * K;
+    float* __restrict__ u30 = u + 4 * K;
+    float* __restrict__ u31 = u + 5 * K;
+    for (int64_t k = 0; k < K; ++k) {
+      u10[k] = y00[k] + y10[k];
+      u11[k] = y01[k] + y11[k];
+      u20[k] = y00[k] - y10[k];
+      u21[k] = y01[k] - y11[k];
+      u30[k] = -y10[k];
+      u31[k] = -y11[k];
+    }
+    float* d = D + t * K;
+    const float* rows_u[4][2] = {{y00, y01}, {u10, u11}, {u20, u21}, {u30, u31}};
+    for (int rr = 0; rr < 4; ++rr)
+      spread_row(d + 4 * rr * plane, d + (4 * rr + 1) * plane, d + (4 * rr + 2) * plane, d + (4 * rr + 3) * plane,
+                 rows_u[rr][0], rows_u[rr][1], K);
+  }
+}
+
+// dW[ci][co] = rot180(G^T dU[.][ci][co] G) = G^T dU' G, dU' = dU at the rotated index (see the top).
+FASTSEG_WINOGRAD_TARGET void untransform_weight_row(const float* dU, int64_t ci, int64_t cin, int64_t cout,
+                                                    float* __restrict__ z, float* dw) {
+  const int64_t plane = cin * cout;
+  // z[(3 a + c) cout + co] = sum_r G[r][a] dU'[r][c]  (G^T dU', 3 x 4)
+  for (int c = 0; c < 4; ++c) {
+    const float* x0 = dU + ((kSwap[0] * 4 + kSwap[c]) * cin + ci) * cout;
+    const float* x1 = dU + ((kSwap[1] * 4 + kSwap[c]) * cin + ci) * cout;
+    const float* x2 = dU + ((kSwap[2] * 4 + kSwap[c]) * cin + ci) * cout;
+    const float* x3 = dU + ((kSwap[3] * 4 + kSwap[c]) * cin + ci) * cout;
+    float* z0 = z + c * cout;
+    float* z1 = z + (4 + c) * cout;
+    float* z2 = z + (8 + c) * cout;
+    for (int64_t co = 0; co < cout; ++co) {
+      z0[co] = x0[co] + 0.5f * (x1[co] + x2[co]);
+      z1[co] = 0.5f * (x1[co] - x2[co]);
+      z2[co] = 0.5f * (x1[co] + x2[co]) + x3[co];
+    }
+  }
+  (void)plane;
+  float* out = dw + ci * cout * 9;
+  for (int a = 0; a < 3; ++a) {  // (G^T dU') G
+    const float* q0 = z + 4 * a * cout;
+    const float* q1 = q0 + cout;
+    const float* q2 = q0 + 2 * cout;
+    const float* q3 = q0 + 3 * cout;
+    for (int64_t co = 0; co < cout; ++co) {
+      out[co * 9 + 3 * a] = q0[co] + 0.5f * (q1[co] + q2[co]);
+      out[co * 9 + 3 * a + 1] = 0.5f * (q1[co] - q2[co]);
+      out[co * 9 + 3 * a + 2] = 0.5f * (q1[co] + q2[co]) + q3[co];
+    }
+  }
+}
+
+// The weight gradient of the transposed convolution whose forward is conv2d(x, K) with geometry g
+// (K = rot180(W^T)): dW [C][K][3][3].
+void winograd_grad_weight3x3(const at::Tensor& x, const at::Tensor& gy, const Conv3x3& g, bool channels_last,
+                             at::Tensor& dw) {
+  const int64_t sx = channels_last ? g.tiles_x() : g.stride_x(), rows_total = g.n * g.tiles_y();
+  const int64_t block = block_rows(g, sx), ld_max = block * sx;
+  float* vp = workspace(0, 16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
+  float* dp = vp + 16 * g.c * ld_max;
+  float* zero = dp + 16 * g.k * ld_max;
+  std::fill(zero, zero + std::max(g.c, g.k), 0.f);
+  at::Tensor own;
+  float* up = weight_space(16 * g.c * g.k, x.options(), own);  // dU[xi][c][k]
+  const float* xp = x.data_ptr<float>();
+  const float* yp = gy.data_ptr<float>();
+  for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
+    const int64_t r1 = std::min(rows_total, r0 + block), ld = (r1 - r0) * sx;
+    if (channels_last) {
+      at::parallel_for(0, ld, 8, [&](int64_t begin, int64_t end) {
+        std::vector<float> scratch(16 * std::max(g.c, g.k));
+        input_transform_cl(xp, g, r0, begin, end, vp, ld, zero, scratch.data());
+        grad_output_transform_cl(yp, g, r0, begin, end, dp, ld, zero, scratch.data());
+      });
+    } else {
+      at::parallel_for(0, g.c + g.k, 1, [&](int64_t begin, int64_t end) {
+        std::vector<float> scratch(std::max(input_scratch(g, r1 - r0), grad_output_scratch(g, r1 - r0)));
+        for (int64_t i = begin; i < end; ++i) {
+          if (i < g.c)
+            input_transform(xp, g, i, r0, r1, vp, ld, scratch.data());
+          else
+            grad_output_transform(yp, g, i - g.c, r0, r1, dp, ld, scratch.data());
+        }
+      });
+    }
+    const float beta = r0 == 0 ? 0.f : 1.f;  // the first block writes dU, the others add to it
+    at::parallel_for(0, 16, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t xi = begin; xi < end; ++xi) {
+        const float* v = vp + xi * g.c * ld;
+        const float* d = dp + xi * g.k * ld;
+        float* u = up + xi * g.c * g.k;  // column-major: dU[xi]^T (K x C) += D (K x ld) V^T (ld x C)
+        if (channels_last)  // D: column-major K x ld; V: column-major C x ld
+          sgemm(false, true, g.k, g.c, ld, d, g.k, v, g.c, u, g.k, beta);
+        else  // D: column-major ld x K; V: column-major ld x C
+          sgemm(true, false, g.k, g.c, ld, d, ld, v, ld, u, g.k, beta);
+      }
+    });
+  }
+  float* dwp = dw.data_ptr<float>();
+  at::parallel_for(0, g.c, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> z(12 * g.k);
+    for (int64_t ci = begin; ci < end; ++ci) untransform_weight_row(up, ci, g.c, g.k, z.data(), dwp);
+  });
+}
+
 }  // namespace
 
 bool winograd_conv_transpose2d_fits(const at::Tensor& input, const ConvT2dParams& p) {
@@ -424,27 +652,46 @@ bool winograd_conv_transpose2d_fits(const at::Tensor& input, const ConvT2dParams
 #endif
 }
 
-at::Tensor winograd_conv_transpose2d_weight(const at::Tensor& weight) { return transform_weight(weight); }
+at::Tensor winograd_conv_transpose2d_weight(const at::Tensor& weight) {
+  at::Tensor T = at::empty({16, weight.size(0), weight.size(1)}, weight.options());
+  transform_weight(weight, T.data_ptr<float>());
+  return T;
+}
 
-at::Tensor winograd_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& transformed,
+at::Tensor winograd_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                                             const at::Tensor& transformed,
                                              const at::Tensor& bias, const ConvT2dParams& p, bool relu,
                                              at::MemoryFormat fmt) {
   const at::Tensor x = input.contiguous(fmt);
   at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
   const Conv3x3 g{p.n, p.cin, p.h, p.w, p.cout, p.ho, p.wo, 2 - p.ph, 2 - p.pw};
-  winograd_conv3x3(x, transformed, /*rotated=*/true, bias.defined() ? bias.data_ptr<float>() : nullptr, relu, g,
+  at::Tensor own;
+  const float* tp = transformed_weight(weight, transformed, own);
+  winograd_conv3x3(x, tp, /*rotated=*/true, bias.defined() ? bias.data_ptr<float>() : nullptr, relu, g,
                    fmt == at::MemoryFormat::ChannelsLast, out);
   return out;
 }
 
-at::Tensor winograd_conv_transpose2d_grad_input(const at::Tensor& grad_output, const at::Tensor& transformed,
+at::Tensor winograd_conv_transpose2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                                const at::Tensor& transformed,
                                                 const ConvT2dParams& p, at::MemoryFormat fmt) {
   const at::Tensor gy = grad_output.contiguous(fmt);
   at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, grad_output.options().memory_format(fmt));
   const Conv3x3 g{p.n, p.cout, p.ho, p.wo, p.cin, p.h, p.w, p.ph, p.pw};
-  winograd_conv3x3(gy, transformed, /*rotated=*/false, nullptr, false, g, fmt == at::MemoryFormat::ChannelsLast,
+  at::Tensor own;
+  const float* tp = transformed_weight(weight, transformed, own);
+  winograd_conv3x3(gy, tp, /*rotated=*/false, nullptr, false, g, fmt == at::MemoryFormat::ChannelsLast,
                    grad_input);
   return grad_input;
+}
+
+at::Tensor winograd_conv_transpose2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                                 const ConvT2dParams& p, at::MemoryFormat fmt) {
+  const at::Tensor x = input.contiguous(fmt), gy = grad_output.contiguous(fmt);
+  at::Tensor dw = at::empty({p.cin, p.cout, 3, 3}, input.options());
+  const Conv3x3 g{p.n, p.cin, p.h, p.w, p.cout, p.ho, p.wo, 2 - p.ph, 2 - p.pw};
+  winograd_grad_weight3x3(x, gy, g, fmt == at::MemoryFormat::ChannelsLast, dw);
+  return dw;
 }
 
 }  // namespace fastseg

@@ -168,6 +168,42 @@ FASTSEG_WINOGRAD_TARGET inline void sub(float* __restrict__ dst, const float* __
   for (int64_t j = 0; j < n; ++j) dst[j] = a[j] - b[j];
 }
 
+// d B for one row of n 4x4 patches, whose columns are d0..d3: e0 = d0 - d2, e1 = d1 + d2, e2 = d2 - d1,
+// e3 = d1 - d3. (Loops take their arrays as restrict parameters: with restrict locals GCC 12 did not
+// vectorise them.)
+FASTSEG_WINOGRAD_TARGET inline void times_b(float* __restrict__ e0, float* __restrict__ e1, float* __restrict__ e2,
+                                            float* __restrict__ e3, const float* __restrict__ d0,
+                                            const float* __restrict__ d1, const float* __restrict__ d2,
+                                            const float* __restrict__ d3, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    e0[j] = d0[j] - d2[j];
+    e1[j] = d1[j] + d2[j];
+    e2[j] = d2[j] - d1[j];
+    e3[j] = d1[j] - d3[j];
+  }
+}
+
+// A^T M for one column of n tiles: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3.
+FASTSEG_WINOGRAD_TARGET inline void times_at(float* __restrict__ s0, float* __restrict__ s1,
+                                             const float* __restrict__ m0, const float* __restrict__ m1,
+                                             const float* __restrict__ m2, const float* __restrict__ m3, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    s0[j] = m0[j] + m1[j] + m2[j];
+    s1[j] = m1[j] - m2[j] - m3[j];
+  }
+}
+
+// (A^T M) A + bias for one row of n tiles, the tiles' two columns interleaved: y[2 j] = q0 + q1 + q2 + b,
+// y[2 j + 1] = q1 - q2 - q3 + b.
+FASTSEG_WINOGRAD_TARGET inline void times_a(float* __restrict__ y, const float* __restrict__ q0,
+                                            const float* __restrict__ q1, const float* __restrict__ q2,
+                                            const float* __restrict__ q3, float b, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    y[2 * j] = q0[j] + q1[j] + q2[j] + b;
+    y[2 * j + 1] = q1[j] - q2[j] - q3[j] + b;
+  }
+}
+
 // The input rows a segment of tile rows reads, zero-padded to padded_width() columns (padded column x is
 // input column x - qw): dst row s = input row first + 2 s, for s in [0, rows).
 void padded_rows(const float* plane, const Conv3x3& g, int64_t first, int64_t rows, float* dst) {
@@ -241,7 +277,7 @@ FASTSEG_WINOGRAD_TARGET void input_transform(const float* x, const Conv3x3& g, i
 }
 
 // Scratch floats of the output transform for a segment of up to `rows` tile rows.
-int64_t output_scratch(const Conv3x3& g, int64_t rows) { return 4 * rows * g.stride_x(); }
+int64_t output_scratch(const Conv3x3& g, int64_t rows) { return 12 * rows * g.stride_x(); }
 
 // Output transform of output channel k over the same tile rows: y = A^T M A + bias, ReLU, into out
 // [N][K][Ho][Wo].
@@ -251,22 +287,15 @@ FASTSEG_WINOGRAD_TARGET void output_transform(const float* M, const Conv3x3& g, 
   const float bk = bias ? bias[k] : 0.f;
   for (int64_t ra = r0; ra < r1;) {
     const int64_t img = ra / ty, rb = std::min(r1, (img + 1) * ty), n_t = (rb - ra) * sx;
-    float* __restrict__ y0 = scratch;  // output rows 2 s and 2 s + 1 of tile row s at [2 s sx, 2 (s + 1) sx)
-    float* __restrict__ y1 = scratch + 2 * n_t;
-    const float* __restrict__ m = M + k * ld + (ra - r0) * sx;
-    for (int64_t t = 0; t < n_t; ++t) {
-      float s0[4], s1[4];  // A^T M
-      for (int col = 0; col < 4; ++col) {
-        const float m0 = m[col * plane + t], m1 = m[(4 + col) * plane + t], m2 = m[(8 + col) * plane + t],
-                    m3 = m[(12 + col) * plane + t];
-        s0[col] = m0 + m1 + m2;
-        s1[col] = m1 - m2 - m3;
-      }
-      y0[2 * t] = s0[0] + s0[1] + s0[2] + bk;  // (A^T M) A
-      y0[2 * t + 1] = s0[1] - s0[2] - s0[3] + bk;
-      y1[2 * t] = s1[0] + s1[1] + s1[2] + bk;
-      y1[2 * t + 1] = s1[1] - s1[2] - s1[3] + bk;
-    }
+    float* y0 = scratch;  // output rows 2 s and 2 s + 1 of tile row s at [2 s sx, 2 (s + 1) sx)
+    float* y1 = scratch + 2 * n_t;
+    float* s = scratch + 4 * n_t;  // A^T M: row i, column col at s[(4 i + col) n_t]
+    const float* m = M + k * ld + (ra - r0) * sx;
+    for (int col = 0; col < 4; ++col)
+      times_at(s + col * n_t, s + (4 + col) * n_t, m + col * plane, m + (4 + col) * plane, m + (8 + col) * plane,
+               m + (12 + col) * plane, n_t);
+    times_a(y0, s, s + n_t, s + 2 * n_t, s + 3 * n_t, bk, n_t);  // (A^T M) A
+    times_a(y1, s + 4 * n_t, s + 5 * n_t, s + 6 * n_t, s + 7 * n_t, bk, n_t);
     if (relu)  // v < 0 is false for NaN: NaN stays NaN
       for (int64_t t = 0; t < 4 * n_t; ++t) scratch[t] = scratch[t] < 0.f ? 0.f : scratch[t];
     for (int64_t r = ra; r < rb; ++r) {
@@ -296,20 +325,8 @@ FASTSEG_WINOGRAD_TARGET void input_transform_cl(const float* x, const Conv3x3& g
         const int64_t ix = x0 + b;
         d[b] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? x + ((img * g.h + iy) * g.w + ix) * C : zero;
       }
-      const float* __restrict__ d0 = d[0];
-      const float* __restrict__ d1 = d[1];
-      const float* __restrict__ d2 = d[2];
-      const float* __restrict__ d3 = d[3];
-      float* __restrict__ e0 = e + 4 * i * C;
-      float* __restrict__ e1 = e0 + C;
-      float* __restrict__ e2 = e1 + C;
-      float* __restrict__ e3 = e2 + C;
-      for (int64_t c = 0; c < C; ++c) {
-        e0[c] = d0[c] - d2[c];
-        e1[c] = d1[c] + d2[c];
-        e2[c] = d2[c] - d1[c];
-        e3[c] = d1[c] - d3[c];
-      }
+      float* ei = e + 4 * i * C;
+      times_b(ei, ei + C, ei + 2 * C, ei + 3 * C, d[0], d[1], d[2], d[3], C);
     }
     float* v = V + t * C;
     for (int col = 0; col < 4; ++col) {  // B^T (d B)
@@ -334,18 +351,9 @@ FASTSEG_WINOGRAD_TARGET void output_transform_cl(const float* M, const Conv3x3& 
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t r = r0 + t / tx, j = t % tx, img = r / ty, oy = (r % ty) * 2, ox = 2 * j;
     const float* m = M + t * K;
-    for (int col = 0; col < 4; ++col) {  // A^T M: s[(4 i + col) K + k]
-      const float* __restrict__ m0 = m + col * plane;
-      const float* __restrict__ m1 = m0 + 4 * plane;
-      const float* __restrict__ m2 = m0 + 8 * plane;
-      const float* __restrict__ m3 = m0 + 12 * plane;
-      float* __restrict__ s0 = s + col * K;
-      float* __restrict__ s1 = s0 + 4 * K;
-      for (int64_t k = 0; k < K; ++k) {
-        s0[k] = m0[k] + m1[k] + m2[k];
-        s1[k] = m1[k] - m2[k] - m3[k];
-      }
-    }
+    for (int col = 0; col < 4; ++col)  // A^T M: s[(4 i + col) K + k]
+      times_at(s + col * K, s + (4 + col) * K, m + col * plane, m + (4 + col) * plane, m + (8 + col) * plane,
+               m + (12 + col) * plane, K);
     for (int i = 0; i < 2 && oy + i < g.ho; ++i) {  // (A^T M) A
       const float* __restrict__ q0 = s + 4 * i * K;
       const float* __restrict__ q1 = q0 + K;
@@ -448,12 +456,11 @@ FASTSEG_WINOGRAD_TARGET inline void spread_row(float* __restrict__ d0, float* __
   }
 }
 
-// The 8 rows u[r][col] (r = 0..3, col = 0, 1) of A y for n tiles: y_i_col[j] in y + (2 i + col) n, u in u.
-FASTSEG_WINOGRAD_TARGET inline void spread_columns(const float* y, float* u, int64_t n) {
-  const float* __restrict__ y00 = y;
-  const float* __restrict__ y01 = y + n;
-  const float* __restrict__ y10 = y + 2 * n;
-  const float* __restrict__ y11 = y + 3 * n;
+// Rows 1-3 of u = A y for n tiles (row 0 is y's row 0), y_i_col: the tiles' output gradient at (i, col);
+// u: 6 n floats, u[r][col] at u + (2 (r - 1) + col) n.
+FASTSEG_WINOGRAD_TARGET inline void spread_columns(const float* __restrict__ y00, const float* __restrict__ y01,
+                                                   const float* __restrict__ y10, const float* __restrict__ y11,
+                                                   float* u, int64_t n) {
   float* __restrict__ u10 = u;
   float* __restrict__ u11 = u + n;
   float* __restrict__ u20 = u + 2 * n;
@@ -502,7 +509,7 @@ FASTSEG_WINOGRAD_TARGET void grad_output_transform(const float* gy, const Conv3x
         b[t] = src[2 * t + 1];
       }
     }
-    spread_columns(y, u, n_t);
+    spread_columns(y, y + n_t, y + 2 * n_t, y + 3 * n_t, u, n_t);
     float* d = D + k * ld + (ra - r0) * sx;
     const float* rows_u[4][2] = {{y, y + n_t}, {u, u + n_t}, {u + 2 * n_t, u + 3 * n_t}, {u + 4 * n_t, u + 5 * n_t}};
     for (int r = 0; r < 4; ++r)
@@ -525,26 +532,9 @@ FASTSEG_WINOGRAD_TARGET void grad_output_transform_cl(const float* gy, const Con
     for (int i = 0; i < 2; ++i)
       for (int col = 0; col < 2; ++col)
         y[2 * i + col] = oy + i < g.ho && ox + col < g.wo ? gy + ((img * g.ho + oy + i) * g.wo + ox + col) * K : zero;
-    const float* __restrict__ y00 = y[0];
-    const float* __restrict__ y01 = y[1];
-    const float* __restrict__ y10 = y[2];
-    const float* __restrict__ y11 = y[3];
-    float* __restrict__ u10 = u;
-    float* __restrict__ u11 = u + K;
-    float* __restrict__ u20 = u + 2 * K;
-    float* __restrict__ u21 = u + 3 * K;
-    float* __restrict__ u30 = u + 4 * K;
-    float* __restrict__ u31 = u + 5 * K;
-    for (int64_t k = 0; k < K; ++k) {
-      u10[k] = y00[k] + y10[k];
-      u11[k] = y01[k] + y11[k];
-      u20[k] = y00[k] - y10[k];
-      u21[k] = y01[k] - y11[k];
-      u30[k] = -y10[k];
-      u31[k] = -y11[k];
-    }
+    spread_columns(y[0], y[1], y[2], y[3], u, K);
     float* d = D + t * K;
-    const float* rows_u[4][2] = {{y00, y01}, {u10, u11}, {u20, u21}, {u30, u31}};
+    const float* rows_u[4][2] = {{y[0], y[1]}, {u, u + K}, {u + 2 * K, u + 3 * K}, {u + 4 * K, u + 5 * K}};
     for (int rr = 0; rr < 4; ++rr)
       spread_row(d + 4 * rr * plane, d + (4 * rr + 1) * plane, d + (4 * rr + 2) * plane, d + (4 * rr + 3) * plane,
                  rows_u[rr][0], rows_u[rr][1], K);

@@ -277,11 +277,12 @@ def check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu,
     (1, 80, 65, 6, 7, 0),         # padding 0: 2 larger
     (2, 70, 67, 3, 2, (0, 1)),    # uneven padding
     (2, 96, 128, 20, 33, 1),      # several blocks of tile rows, blocks across images
+    (2, 32, 40, 12, 10, 1),       # the fewest channels routed to it
 ])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
 def test_native_winograd_3x3_layers(n, cin, cout, h, w, padding, channels_last, bias, relu):
-    """3x3 stride-1 layers with > 64 channels run Winograd's F(2x2, 3x3) on the native CPU backend
+    """3x3 stride-1 layers with >= 32 channels run Winograd's F(2x2, 3x3) on the native CPU backend
     (csrc/cpu/conv_transpose2d_winograd.cpp): forward and input gradient."""
     require_backend("native", "cpu")
     check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu)

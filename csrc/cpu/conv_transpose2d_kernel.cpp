@@ -11,9 +11,9 @@
 //
 // Other kernels on layers with <= 64 channels (FCN's k4 s2 p1 and k16 s8 p4 score upsampling, fp32,
 // groups 1, no dilation): the direct AVX-512 kernels of conv_transpose2d_direct.cpp, forward and backward.
-// 3x3 stride-1 layers with more than 64 channels (DeconvNet's decoder, fp32): Winograd's F(2x2, 3x3)
-// (conv_transpose2d_winograd.cpp) for the forward and the input gradient, 16 products per 2x2 tile where
-// oneDNN's direct convolution takes 36; the weight gradient stays on oneDNN.
+// 3x3 stride-1 layers with >= 32 channels (DeconvNet's decoder, fp32): Winograd's F(2x2, 3x3)
+// (conv_transpose2d_winograd.cpp), forward and both gradients, 16 products per 2x2 tile where a direct
+// convolution takes 36.
 // Everything else (wide k4 s2 layers, dilation, groups, fp16/bf16) goes to at::convolution /
 // at::convolution_backward, i.e. to the same oneDNN deconvolution PyTorch runs: on wide layers it runs
 // near the FMA peak, and it beat every GEMM-based formulation tried here (dense conv2d of the s*s
@@ -293,9 +293,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   + scatter twice.
 // - forward, NCHW, kernel == stride: the fused k2 s2 GEMM + pixel-shuffle kernel (conv_transpose2d_k2.cpp,
 //   1.1-4.9x oneDNN), or GEMM + scatter where it does not fit.
-// - forward and backward, kernel != stride, <= 64 channels, fp32: the direct kernels (FCN 16x16 k4 s2:
-//   1.6-2x oneDNN forward, 1.7-2x forward + backward).
-// - forward and input gradient, 3x3 stride 1, > 64 channels, fp32: Winograd F(2x2, 3x3) (DeconvNet).
+// - forward and backward, kernel != stride, <= 64 channels, fp32 (3x3 stride 1 only below 32): the direct
+//   kernels (FCN 16x16 k4 s2: 1.6-2x oneDNN forward, 1.7-2x forward + backward).
+// - forward and backward, 3x3 stride 1, >= 32 channels, fp32: Winograd F(2x2, 3x3) (DeconvNet).
 // - forward, NCHW, other kernels: oneDNN's NCHW deconvolution is much slower than its channels_last one
 //   on layers with few channels, more than the two layout copies cost, so those run in channels_last
 //   and are copied back; wide layers run oneDNN's NCHW directly.
@@ -312,11 +312,12 @@ bool direct(const at::Tensor& input, const ConvT2dParams& p) {
   return std::max(p.cin, p.cout) <= kDirectMaxChannels && direct_conv_transpose2d_fits(input, p);
 }
 
-// 3x3 stride-1 layers with more than 64 channels on each side (DeconvNet's decoder) by Winograd's
-// F(2x2, 3x3), both memory formats (with 64 channels it lost to the direct kernels and oneDNN:
-// benchmarks/notes/conv_transpose2d.md, section 23).
-bool winograd(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
-  return std::min(p.cin, p.cout) > kDirectMaxChannels && winograd_conv_transpose2d_fits(input, p);
+// 3x3 stride-1 layers with at least 32 channels on each side (DeconvNet's decoder) by Winograd's
+// F(2x2, 3x3), both memory formats: from 32 channels on it beat the direct kernels and oneDNN; with 16-21
+// it was as often slower as faster (benchmarks/notes/conv_transpose2d.md, section 23).
+constexpr int64_t kWinogradMinChannels = 32;
+bool winograd(const at::Tensor& input, const ConvT2dParams& p) {
+  return std::min(p.cin, p.cout) >= kWinogradMinChannels && winograd_conv_transpose2d_fits(input, p);
 }
 
 // The Winograd-transformed weight kept in the packed-weight cache as oneDNN's packed form is (packed by
@@ -336,8 +337,8 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
   if (force >= 0) return static_cast<Route>(force);
   if (p.shuffle()) return fmt == at::MemoryFormat::ChannelsLast ? Route::kOneDnn : Route::kShuffle;
+  if (winograd(input, p)) return Route::kWinograd;
   if (direct(input, p)) return Route::kDirect;
-  if (winograd(input, p, fmt)) return Route::kWinograd;
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
@@ -345,8 +346,8 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
 Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force >= 0) return static_cast<Route>(force);
+  if (winograd(input, p)) return Route::kWinograd;
   if (!p.shuffle() && direct(input, p)) return Route::kDirect;
-  if (winograd(input, p, fmt)) return Route::kWinograd;
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors

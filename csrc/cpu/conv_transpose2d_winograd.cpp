@@ -65,7 +65,7 @@ void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
 constexpr int kSwap[4] = {3, 1, 2, 0};
 
 // A buffer of at least n floats, kept by the calling thread and reused by its next calls (slot 0: V and M,
-// 1-12 MB; slot 1: a transformed weight that is not cached, up to 16.8 MB at 512 channels). Fresh memory
+// 1-24 MB; slot 1: a transformed weight that is not cached, up to 16.8 MB at 512 channels). Fresh memory
 // of that size costs a page fault per 4 KiB on every call once glibc hands it back to the system
 // (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for the 512-channel
 // weight, and it slowed oneDNN's weight gradient run next to it by 4 ms.
@@ -375,10 +375,12 @@ FASTSEG_WINOGRAD_TARGET void output_transform_cl(const float* M, const Conv3x3& 
   }
 }
 
-// Tile rows per block: V and M (or D) take at most ~12 MB.
+// Tile rows per block: V and M (or D) take at most ~24 MB. In the suite's harness (three inputs in turn),
+// DeconvNet 256 x 56 x 56 NCHW forward: 6 MB blocks 31.7 ms, 12 MB 28.5 ms, 24 MB 24.5 ms (more tiles per
+// GEMM).
 int64_t block_rows(const Conv3x3& g, int64_t sx) {
   const int64_t per_tile_row = 16 * (g.c + g.k) * sx * static_cast<int64_t>(sizeof(float));
-  return std::clamp<int64_t>((int64_t(12) << 20) / per_tile_row, 1, g.n * g.tiles_y());
+  return std::clamp<int64_t>((int64_t(24) << 20) / per_tile_row, 1, g.n * g.tiles_y());
 }
 
 // out = conv2d(x, kernel, padding (qh, qw)) + bias, ReLU, with the kernel given by the transformed weight
@@ -391,9 +393,9 @@ void winograd_conv3x3(const at::Tensor& x, const float* tp, bool rotated, const 
   const int64_t sx = channels_last ? g.tiles_x() : g.stride_x(), rows_total = g.n * g.tiles_y();
   // Blocks of tile rows, one after the other, each in three parallel passes: the input transform (by
   // channel in NCHW, by tile in channels_last), the 16 GEMMs by transform index xi (a thread then reads
-  // only its share of the transformed weight), the output transform (by output channel, by tile). A
-  // block's V and M take at most ~12 MB (they stay in the 32 MB L3 between the passes); more tiles per
-  // block make the GEMMs faster (70 -> 90 GFLOP/s a core from 49 to 280 columns, 512 channels).
+  // only its share of the transformed weight), the output transform (by output channel, by tile). More
+  // tiles per block make the GEMMs faster (70 -> 90 GFLOP/s a core from 49 to 280 columns, 512 channels);
+  // block_rows bounds the block's V and M.
   const int64_t block = block_rows(g, sx), ld_max = block * sx;
   float* vp = workspace(0, 16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
   float* mp = vp + 16 * g.c * ld_max;

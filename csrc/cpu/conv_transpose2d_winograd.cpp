@@ -1,5 +1,5 @@
 // CPU fp32 3x3 stride-1 transposed convolution by Winograd's minimal filtering F(2x2, 3x3) (DeconvNet's
-// decoder layers, k3 s1 p1), forward and input gradient.
+// decoder layers, k3 s1 p1), forward, input gradient and weight gradient.
 //
 // A stride-1 transposed convolution is a plain 3x3 convolution, and so is its input gradient:
 //     out     = conv2d(x, K, padding 2 - p),   K[co][ci] = W[ci][co] rotated by 180 degrees
@@ -7,7 +7,7 @@
 // F(2x2, 3x3) computes a 2x2 output tile of a 3x3 convolution with 16 products per channel pair where the
 // direct sum takes 36. For a block of tiles of the input d (4x4 patches, 2 apart):
 //     V[xi][c][t]  = (B^T d B)[xi]                          input transform
-//     M[xi][k][t]  = sum_c U[xi][k][c] V[xi][c][t]          16 GEMMs (MKL's sgemm, one thread per block)
+//     M[xi][k][t]  = sum_c U[xi][k][c] V[xi][c][t]          16 GEMMs (the BLAS sgemm, xi split over threads)
 //     y[k][tile t] = A^T M A  (+ bias, ReLU)                output transform
 // with U = G g G^T the transformed 3x3 kernel g. The coefficients of B, G and A are 0, +-1 and 1/2: the
 // rounding error stays close to that of the direct sum (benchmarks/notes/conv_transpose2d.md, section 23).
@@ -51,8 +51,7 @@ Sgemm* blas_sgemm() {
   return f;
 }
 
-// Column-major C (m x n) = op(A) (m x k) op(B) (k x n), op: the matrix or its transpose.
-// C = op(A) op(B) + beta C.
+// Column-major C (m x n) = op(A) (m x k) op(B) (k x n) + beta C, op: the matrix or its transpose.
 void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
            const float* b, int64_t ldb, float* c, int64_t ldc, float beta = 0.f) {
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
@@ -183,6 +182,20 @@ FASTSEG_WINOGRAD_TARGET inline void times_b(float* __restrict__ e0, float* __res
   }
 }
 
+// B^T e for n patches, e = d B: row r, column col of e at e + (4 r + col) n, V's row xi at v + xi plane.
+FASTSEG_WINOGRAD_TARGET inline void bt_times(float* v, int64_t plane, const float* e, int64_t n) {
+  for (int col = 0; col < 4; ++col) {
+    const float* e0 = e + col * n;
+    const float* e1 = e0 + 4 * n;
+    const float* e2 = e0 + 8 * n;
+    const float* e3 = e0 + 12 * n;
+    sub(v + col * plane, e0, e2, n);
+    add(v + (4 + col) * plane, e1, e2, n);
+    sub(v + (8 + col) * plane, e2, e1, n);
+    sub(v + (12 + col) * plane, e1, e3, n);
+  }
+}
+
 // A^T M for one column of n tiles: s0 = m0 + m1 + m2, s1 = m1 - m2 - m3.
 FASTSEG_WINOGRAD_TARGET inline void times_at(float* __restrict__ s0, float* __restrict__ s1,
                                              const float* __restrict__ m0, const float* __restrict__ m1,
@@ -260,18 +273,7 @@ FASTSEG_WINOGRAD_TARGET void input_transform(const float* x, const Conv3x3& g, i
         e3[t] = q[2 * t + 1] - q[2 * t + 3];
       }
     }
-    // B^T (d B), column by column.
-    float* v = V + c * ld + (ra - r0) * sx;
-    for (int col = 0; col < 4; ++col) {
-      const float* d0 = e + col * n_t;
-      const float* d1 = d0 + 4 * n_t;
-      const float* d2 = d0 + 8 * n_t;
-      const float* d3 = d0 + 12 * n_t;
-      sub(v + col * plane, d0, d2, n_t);
-      add(v + (4 + col) * plane, d1, d2, n_t);
-      sub(v + (8 + col) * plane, d2, d1, n_t);
-      sub(v + (12 + col) * plane, d1, d3, n_t);
-    }
+    bt_times(V + c * ld + (ra - r0) * sx, plane, e, n_t);
     ra = rb;
   }
 }
@@ -328,17 +330,7 @@ FASTSEG_WINOGRAD_TARGET void input_transform_cl(const float* x, const Conv3x3& g
       float* ei = e + 4 * i * C;
       times_b(ei, ei + C, ei + 2 * C, ei + 3 * C, d[0], d[1], d[2], d[3], C);
     }
-    float* v = V + t * C;
-    for (int col = 0; col < 4; ++col) {  // B^T (d B)
-      const float* a0 = e + col * C;
-      const float* a1 = a0 + 4 * C;
-      const float* a2 = a0 + 8 * C;
-      const float* a3 = a0 + 12 * C;
-      sub(v + col * plane, a0, a2, C);
-      add(v + (4 + col) * plane, a1, a2, C);
-      sub(v + (8 + col) * plane, a2, a1, C);
-      sub(v + (12 + col) * plane, a1, a3, C);
-    }
+    bt_times(V + t * C, plane, e, C);
   }
 }
 

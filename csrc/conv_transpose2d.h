@@ -120,7 +120,8 @@ at::Tensor direct_conv_transpose2d_grad_weight(const at::Tensor& grad_output, co
 // fp32 3x3 stride-1 layers by Winograd's F(2x2, 3x3) (csrc/cpu/conv_transpose2d_winograd.cpp): whether a
 // call fits it (3x3, stride 1, no dilation, groups 1, padding <= 2, fp32, AVX2), the transformed weight
 // ([16, Cin, Cout], for the packed-weight cache), the forward and the input gradient in memory format `fmt`
-// (NCHW or channels_last), from the cached transformed weight or, when it is undefined, from the weight.
+// (NCHW or channels_last), from the cached transformed weight or, when it is undefined, from the weight,
+// and the weight gradient.
 bool winograd_conv_transpose2d_fits(const at::Tensor& input, const ConvT2dParams& p);
 at::Tensor winograd_conv_transpose2d_weight(const at::Tensor& weight);
 at::Tensor winograd_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& weight,

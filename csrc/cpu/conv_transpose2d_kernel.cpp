@@ -467,8 +467,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
   }
   if (route == Route::kShuffle && p.shuffle()) return shuffle_backward(grad_output, input, weight, p, fmt);
   if (route == Route::kWinograd && winograd_conv_transpose2d_fits(input, p)) {
-    return {winograd_conv_transpose2d_grad_input(grad_output, weight, cached_winograd_weight(weight, false), p, fmt),
-            winograd_conv_transpose2d_grad_weight(grad_output, input, p, fmt), grad_output.sum({0, 2, 3})};
+    const at::Tensor g = grad_output.contiguous(fmt);  // what both gradients read (copied once, if at all)
+    return {winograd_conv_transpose2d_grad_input(g, weight, cached_winograd_weight(weight, false), p, fmt),
+            winograd_conv_transpose2d_grad_weight(g, input, p, fmt), g.sum({0, 2, 3})};
   }
   if (route == Route::kShuffleViaChannelsLast && p.shuffle()) {
     auto r = shuffle_backward(grad_output.contiguous(cl), input.contiguous(cl), weight, p, cl);

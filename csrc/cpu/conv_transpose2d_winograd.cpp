@@ -367,6 +367,21 @@ FASTSEG_WINOGRAD_TARGET void output_transform_cl(const float* M, const Conv3x3& 
   }
 }
 
+// A block's transformed tiles in workspace slot 0: the input side (V, 16 C ld_max floats), the output side
+// (M or D, 16 K ld_max) and a pixel of zeros (channels_last padding, no bias).
+struct TileSpace {
+  float* in;
+  float* out;
+  const float* zero;
+};
+TileSpace tile_space(const Conv3x3& g, int64_t ld_max) {
+  float* in = workspace(0, 16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
+  float* out = in + 16 * g.c * ld_max;
+  float* zero = out + 16 * g.k * ld_max;
+  std::fill(zero, zero + std::max(g.c, g.k), 0.f);
+  return {in, out, zero};
+}
+
 // Tile rows per block: V and M (or D) take at most ~24 MB. In the suite's harness (three inputs in turn),
 // DeconvNet 256 x 56 x 56 NCHW forward: 6 MB blocks 31.7 ms, 12 MB 28.5 ms, 24 MB 24.5 ms (more tiles per
 // GEMM).
@@ -389,10 +404,9 @@ void winograd_conv3x3(const at::Tensor& x, const float* tp, bool rotated, const 
   // tiles per block make the GEMMs faster (70 -> 90 GFLOP/s a core from 49 to 280 columns, 512 channels);
   // block_rows bounds the block's V and M.
   const int64_t block = block_rows(g, sx), ld_max = block * sx;
-  float* vp = workspace(0, 16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
-  float* mp = vp + 16 * g.c * ld_max;
-  float* zero = mp + 16 * g.k * ld_max;  // a pixel of zeros (channels_last padding, no bias)
-  std::fill(zero, zero + std::max(g.c, g.k), 0.f);
+  const TileSpace space = tile_space(g, ld_max);
+  float *vp = space.in, *mp = space.out;
+  const float* zero = space.zero;
   const float* xp = x.data_ptr<float>();
   float* op = out.data_ptr<float>();
   for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
@@ -471,6 +485,17 @@ FASTSEG_WINOGRAD_TARGET inline void spread_columns(const float* __restrict__ y00
   }
 }
 
+// D = A y A^T for n tiles into D's rows d + xi plane: y_i_col, the tiles' output gradient at (i, col);
+// u: 6 n floats of scratch.
+FASTSEG_WINOGRAD_TARGET void a_y_at(float* d, int64_t plane, const float* y00, const float* y01, const float* y10,
+                                    const float* y11, float* u, int64_t n) {
+  spread_columns(y00, y01, y10, y11, u, n);
+  const float* rows_u[4][2] = {{y00, y01}, {u, u + n}, {u + 2 * n, u + 3 * n}, {u + 4 * n, u + 5 * n}};
+  for (int r = 0; r < 4; ++r)
+    spread_row(d + 4 * r * plane, d + (4 * r + 1) * plane, d + (4 * r + 2) * plane, d + (4 * r + 3) * plane,
+               rows_u[r][0], rows_u[r][1], n);
+}
+
 // Scratch floats of grad_output_transform for a segment of up to `rows` tile rows.
 int64_t grad_output_scratch(const Conv3x3& g, int64_t rows) { return 2 * rows * g.padded_width() + 10 * rows * g.stride_x(); }
 
@@ -503,12 +528,7 @@ FASTSEG_WINOGRAD_TARGET void grad_output_transform(const float* gy, const Conv3x
         b[t] = src[2 * t + 1];
       }
     }
-    spread_columns(y, y + n_t, y + 2 * n_t, y + 3 * n_t, u, n_t);
-    float* d = D + k * ld + (ra - r0) * sx;
-    const float* rows_u[4][2] = {{y, y + n_t}, {u, u + n_t}, {u + 2 * n_t, u + 3 * n_t}, {u + 4 * n_t, u + 5 * n_t}};
-    for (int r = 0; r < 4; ++r)
-      spread_row(d + 4 * r * plane, d + (4 * r + 1) * plane, d + (4 * r + 2) * plane, d + (4 * r + 3) * plane,
-                 rows_u[r][0], rows_u[r][1], n_t);
+    a_y_at(D + k * ld + (ra - r0) * sx, plane, y, y + n_t, y + 2 * n_t, y + 3 * n_t, u, n_t);
     ra = rb;
   }
 }
@@ -526,19 +546,13 @@ FASTSEG_WINOGRAD_TARGET void grad_output_transform_cl(const float* gy, const Con
     for (int i = 0; i < 2; ++i)
       for (int col = 0; col < 2; ++col)
         y[2 * i + col] = oy + i < g.ho && ox + col < g.wo ? gy + ((img * g.ho + oy + i) * g.wo + ox + col) * K : zero;
-    spread_columns(y[0], y[1], y[2], y[3], u, K);
-    float* d = D + t * K;
-    const float* rows_u[4][2] = {{y[0], y[1]}, {u, u + K}, {u + 2 * K, u + 3 * K}, {u + 4 * K, u + 5 * K}};
-    for (int rr = 0; rr < 4; ++rr)
-      spread_row(d + 4 * rr * plane, d + (4 * rr + 1) * plane, d + (4 * rr + 2) * plane, d + (4 * rr + 3) * plane,
-                 rows_u[rr][0], rows_u[rr][1], K);
+    a_y_at(D + t * K, plane, y[0], y[1], y[2], y[3], u, K);
   }
 }
 
 // dW[ci][co] = rot180(G^T dU[.][ci][co] G) = G^T dU' G, dU' = dU at the rotated index (see the top).
 FASTSEG_WINOGRAD_TARGET void untransform_weight_row(const float* dU, int64_t ci, int64_t cin, int64_t cout,
                                                     float* __restrict__ z, float* dw) {
-  const int64_t plane = cin * cout;
   // z[(3 a + c) cout + co] = sum_r G[r][a] dU'[r][c]  (G^T dU', 3 x 4)
   for (int c = 0; c < 4; ++c) {
     const float* x0 = dU + ((kSwap[0] * 4 + kSwap[c]) * cin + ci) * cout;
@@ -554,7 +568,6 @@ FASTSEG_WINOGRAD_TARGET void untransform_weight_row(const float* dU, int64_t ci,
       z2[co] = 0.5f * (x1[co] + x2[co]) + x3[co];
     }
   }
-  (void)plane;
   float* out = dw + ci * cout * 9;
   for (int a = 0; a < 3; ++a) {  // (G^T dU') G
     const float* q0 = z + 4 * a * cout;
@@ -575,10 +588,9 @@ void winograd_grad_weight3x3(const at::Tensor& x, const at::Tensor& gy, const Co
                              at::Tensor& dw) {
   const int64_t sx = channels_last ? g.tiles_x() : g.stride_x(), rows_total = g.n * g.tiles_y();
   const int64_t block = block_rows(g, sx), ld_max = block * sx;
-  float* vp = workspace(0, 16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
-  float* dp = vp + 16 * g.c * ld_max;
-  float* zero = dp + 16 * g.k * ld_max;
-  std::fill(zero, zero + std::max(g.c, g.k), 0.f);
+  const TileSpace space = tile_space(g, ld_max);
+  float *vp = space.in, *dp = space.out;
+  const float* zero = space.zero;
   at::Tensor own;
   float* up = weight_space(16 * g.c * g.k, x.options(), own);  // dU[xi][c][k]
   const float* xp = x.data_ptr<float>();
@@ -622,6 +634,11 @@ void winograd_grad_weight3x3(const at::Tensor& x, const at::Tensor& gy, const Co
   });
 }
 
+// The plain convolution the transposed one is: conv2d(x, rot180(W^T), padding 2 - p).
+Conv3x3 forward_geometry(const ConvT2dParams& p) {
+  return {p.n, p.cin, p.h, p.w, p.cout, p.ho, p.wo, 2 - p.ph, 2 - p.pw};
+}
+
 }  // namespace
 
 bool winograd_conv_transpose2d_fits(const at::Tensor& input, const ConvT2dParams& p) {
@@ -648,7 +665,7 @@ at::Tensor winograd_conv_transpose2d_forward(const at::Tensor& input, const at::
                                              at::MemoryFormat fmt) {
   const at::Tensor x = input.contiguous(fmt);
   at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
-  const Conv3x3 g{p.n, p.cin, p.h, p.w, p.cout, p.ho, p.wo, 2 - p.ph, 2 - p.pw};
+  const Conv3x3 g = forward_geometry(p);
   at::Tensor own;
   const float* tp = transformed_weight(weight, transformed, own);
   winograd_conv3x3(x, tp, /*rotated=*/true, bias.defined() ? bias.data_ptr<float>() : nullptr, relu, g,
@@ -673,7 +690,7 @@ at::Tensor winograd_conv_transpose2d_grad_weight(const at::Tensor& grad_output, 
                                                  const ConvT2dParams& p, at::MemoryFormat fmt) {
   const at::Tensor x = input.contiguous(fmt), gy = grad_output.contiguous(fmt);
   at::Tensor dw = at::empty({p.cin, p.cout, 3, 3}, input.options());
-  const Conv3x3 g{p.n, p.cin, p.h, p.w, p.cout, p.ho, p.wo, 2 - p.ph, 2 - p.pw};
+  const Conv3x3 g = forward_geometry(p);
   winograd_grad_weight3x3(x, gy, g, fmt == at::MemoryFormat::ChannelsLast, dw);
   return dw;
 }

@@ -134,4 +134,19 @@ at::Tensor winograd_conv_transpose2d_grad_input(const at::Tensor& grad_output, c
                                                 const at::Tensor& transformed,
                                                 const ConvT2dParams& p, at::MemoryFormat fmt);
 
+// fp32 kernel-4 stride-2 layers by Winograd's F(2x2, 2x2) on each sub-pixel phase
+// (csrc/cpu/conv_transpose2d_winograd_k4s2.cpp): whether a call fits it (4x4, stride 2, no dilation,
+// groups 1, fp32, AVX2), the transformed weight ([36, Cin, Cout], for the packed-weight cache), the forward
+// and the input gradient (from the cached transformed weight or, when it is undefined, from the weight) and
+// the weight gradient. They return channels_last tensors (grad_weight contiguous) whatever the input's format.
+bool winograd_k4s2_conv_transpose2d_fits(const at::Tensor& input, const ConvT2dParams& p);
+at::Tensor winograd_k4s2_conv_transpose2d_weight(const at::Tensor& weight);
+at::Tensor winograd_k4s2_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& weight,
+                                                  const at::Tensor& transformed, const at::Tensor& bias,
+                                                  const ConvT2dParams& p, bool relu);
+at::Tensor winograd_k4s2_conv_transpose2d_grad_input(const at::Tensor& grad_output, const at::Tensor& weight,
+                                                     const at::Tensor& transformed, const ConvT2dParams& p);
+at::Tensor winograd_k4s2_conv_transpose2d_grad_weight(const at::Tensor& grad_output, const at::Tensor& input,
+                                                      const ConvT2dParams& p);
+
 }  // namespace fastseg

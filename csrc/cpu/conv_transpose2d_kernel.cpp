@@ -317,13 +317,17 @@ bool direct(const at::Tensor& input, const ConvT2dParams& p) {
 // it was as often slower as faster (benchmarks/notes/conv_transpose2d.md, section 23).
 constexpr int64_t kWinogradMinChannels = 32;
 bool winograd(const at::Tensor& input, const ConvT2dParams& p) {
-  return std::min(p.cin, p.cout) >= kWinogradMinChannels && winograd_conv_transpose2d_fits(input, p);
+  return std::min(p.cin, p.cout) >= kWinogradMinChannels &&
+         (winograd_conv_transpose2d_fits(input, p) || winograd_k4s2_conv_transpose2d_fits(input, p));
 }
 
 // The Winograd-transformed weight kept in the packed-weight cache as oneDNN's packed form is (packed by
 // forward calls only: see packed_weights.h), or an undefined tensor.
 at::Tensor cached_winograd_weight(const at::Tensor& weight, bool may_pack) {
   return packed_weight(weight, {2}, [&] { return winograd_conv_transpose2d_weight(weight); }, may_pack);
+}
+at::Tensor cached_winograd_k4s2_weight(const at::Tensor& weight, bool may_pack) {
+  return packed_weight(weight, {3}, [&] { return winograd_k4s2_conv_transpose2d_weight(weight); }, may_pack);
 }
 
 // A route forced by an environment variable (read once: getenv on every call measured in the per-call
@@ -437,6 +441,12 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
         return winograd_conv_transpose2d_forward(input, weight, cached_winograd_weight(weight, true), b, p, relu,
                                                  fmt);
       }
+      if (winograd_k4s2_conv_transpose2d_fits(input, p)) {
+        const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+        return winograd_k4s2_conv_transpose2d_forward(input, weight, cached_winograd_k4s2_weight(weight, true), b, p,
+                                                      relu)
+            .contiguous(fmt);
+      }
       break;
     case Route::kOneDnnViaChannelsLast:
       return onednn_forward(input.contiguous(cl), weight, bias, stride, padding, output_padding, groups, dilation,
@@ -470,6 +480,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
     const at::Tensor g = grad_output.contiguous(fmt);  // what both gradients read (copied once, if at all)
     return {winograd_conv_transpose2d_grad_input(g, weight, cached_winograd_weight(weight, false), p, fmt),
             winograd_conv_transpose2d_grad_weight(g, input, p, fmt), g.sum({0, 2, 3})};
+  }
+  if (route == Route::kWinograd && winograd_k4s2_conv_transpose2d_fits(input, p)) {
+    const at::Tensor g = grad_output.contiguous(cl);  // what both gradients read
+    return {winograd_k4s2_conv_transpose2d_grad_input(g, weight, cached_winograd_k4s2_weight(weight, false), p),
+            winograd_k4s2_conv_transpose2d_grad_weight(g, input, p), g.sum({0, 2, 3})};
   }
   if (route == Route::kShuffleViaChannelsLast && p.shuffle()) {
     auto r = shuffle_backward(grad_output.contiguous(cl), input.contiguous(cl), weight, p, cl);

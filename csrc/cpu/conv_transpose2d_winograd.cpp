@@ -17,67 +17,21 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <dlfcn.h>
-
 #include <algorithm>
-#include <memory>
 #include <vector>
 
 #include "conv_transpose2d.h"
-
-#if defined(__x86_64__) && defined(__GNUC__)
-// The transforms are plain loops over tiles or channels, vectorised by the compiler for AVX2 (the rest
-// of the library is built for the x86-64 baseline); the route is taken only where the CPU has AVX2.
-#define FASTSEG_WINOGRAD_TARGET __attribute__((target("avx2")))
-#define FASTSEG_WINOGRAD 1
-#else
-#define FASTSEG_WINOGRAD_TARGET
-#endif
+#include "winograd_gemm.h"
 
 namespace fastseg {
 namespace {
 
-// The sgemm of the BLAS PyTorch is built with (MKL in the PyTorch wheels), looked up at run time: ATen's
-// own gemm wrapper (at::native::cpublas::gemm) is not exported from libtorch_cpu, and at::mm costs a
-// dispatch per call. Without it the route is not taken.
-using Sgemm = void(const char* transa, const char* transb, const int* m, const int* n, const int* k,
-                   const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
-                   const float* beta, float* c, const int* ldc);
-Sgemm* blas_sgemm() {
-  static Sgemm* const f = [] {
-    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-    return reinterpret_cast<Sgemm*>(lib ? dlsym(lib, "sgemm_") : nullptr);
-  }();
-  return f;
-}
-
-// Column-major C (m x n) = op(A) (m x k) op(B) (k x n) + beta C, op: the matrix or its transpose.
-void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-           const float* b, int64_t ldb, float* c, int64_t ldc, float beta = 0.f) {
-  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
-  const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
-  const float one = 1.f;
-  blas_sgemm()(transpose_a ? "T" : "N", transpose_b ? "T" : "N", &mi, &ni, &ki, &one, a, &la, b, &lb, &beta, c, &lc);
-}
+using winograd::sgemm;
+using winograd::weight_space;
+using winograd::workspace;
 
 // The 4 x 4 transform index xi = 4 * row + column, and its 180-degree rotation (rows and columns 0 <-> 3).
 constexpr int kSwap[4] = {3, 1, 2, 0};
-
-// A buffer of at least n floats, kept by the calling thread and reused by its next calls (slot 0: V and M,
-// 1-24 MB; slot 1: a transformed weight that is not cached, up to 16.8 MB at 512 channels). Fresh memory
-// of that size costs a page fault per 4 KiB on every call once glibc hands it back to the system
-// (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for the 512-channel
-// weight, and it slowed oneDNN's weight gradient run next to it by 4 ms.
-float* workspace(int slot, int64_t n) {
-  thread_local std::unique_ptr<float[]> buffers[2];
-  thread_local int64_t sizes[2] = {0, 0};
-  if (n > sizes[slot]) {
-    buffers[slot].reset();
-    buffers[slot].reset(new float[n]);
-    sizes[slot] = n;
-  }
-  return buffers[slot].get();
-}
 
 // T[xi][ci][co] = (G w[ci][co] G^T)[xi] for one ci, w: [Cin][Cout][3][3] contiguous. g: 9 * Cout floats,
 // u: 16 * Cout floats of scratch (the 16 rows are built here and copied out one by one: written in place,
@@ -125,14 +79,6 @@ void transform_weight(const at::Tensor& weight, float* tp) {
     std::vector<float> g(9 * cout), u(16 * cout);
     for (int64_t ci = begin; ci < end; ++ci) transform_weight_row(wp, ci, cin, cout, g.data(), u.data(), tp);
   });
-}
-
-// n floats for a transformed weight or its gradient: workspace slot 1, or past 64 MB a tensor of their own,
-// held by `own`.
-float* weight_space(int64_t n, const at::TensorOptions& options, at::Tensor& own) {
-  if (n <= (int64_t(16) << 20)) return workspace(1, n);
-  own = at::empty({n}, options);
-  return own.data_ptr<float>();
 }
 
 // The transformed weight: the cached one, else transformed into weight_space.
@@ -642,15 +588,8 @@ Conv3x3 forward_geometry(const ConvT2dParams& p) {
 }  // namespace
 
 bool winograd_conv_transpose2d_fits(const at::Tensor& input, const ConvT2dParams& p) {
-#ifdef FASTSEG_WINOGRAD
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  static const bool blas = blas_sgemm() != nullptr;
-  return avx2 && blas && input.scalar_type() == at::kFloat && p.kh == 3 && p.kw == 3 && p.sh == 1 && p.sw == 1 &&
-         p.dh == 1 && p.dw == 1 && p.groups == 1 && p.ph <= 2 && p.pw <= 2 && p.oph == 0 && p.opw == 0;
-#else
-  (void)input, (void)p;
-  return false;
-#endif
+  return winograd::available() && input.scalar_type() == at::kFloat && p.kh == 3 && p.kw == 3 && p.sh == 1 &&
+         p.sw == 1 && p.dh == 1 && p.dw == 1 && p.groups == 1 && p.ph <= 2 && p.pw <= 2 && p.oph == 0 && p.opw == 0;
 }
 
 at::Tensor winograd_conv_transpose2d_weight(const at::Tensor& weight) {

@@ -1,0 +1,67 @@
+// The BLAS sgemm and the per-thread workspaces of the Winograd routes (winograd_gemm.h).
+#include "winograd_gemm.h"
+
+#include <dlfcn.h>
+
+#include <memory>
+
+namespace fastseg {
+namespace winograd {
+namespace {
+
+// The sgemm of the BLAS PyTorch is built with (MKL in the PyTorch wheels), looked up at run time: ATen's
+// own gemm wrapper (at::native::cpublas::gemm) is not exported from libtorch_cpu, and at::mm costs a
+// dispatch per call. Without it the routes are not taken.
+using Sgemm = void(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                   const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                   const float* beta, float* c, const int* ldc);
+Sgemm* blas_sgemm() {
+  static Sgemm* const f = [] {
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    return reinterpret_cast<Sgemm*>(lib ? dlsym(lib, "sgemm_") : nullptr);
+  }();
+  return f;
+}
+
+}  // namespace
+
+bool available() {
+#ifdef FASTSEG_WINOGRAD
+  static const bool ok = __builtin_cpu_supports("avx2") && blas_sgemm() != nullptr;
+  return ok;
+#else
+  return false;
+#endif
+}
+
+void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float* c, int64_t ldc, float beta) {
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
+  const float one = 1.f;
+  blas_sgemm()(transpose_a ? "T" : "N", transpose_b ? "T" : "N", &mi, &ni, &ki, &one, a, &la, b, &lb, &beta, c, &lc);
+}
+
+// Fresh memory of these sizes (1-24 MB of tiles, up to 16.8 MB of a 512-channel transformed weight) costs a
+// page fault per 4 KiB on every call once glibc hands it back to the system (benchmarks/notes/
+// conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for the 512-channel weight, and it
+// slowed oneDNN's weight gradient run next to it by 4 ms.
+float* workspace(int slot, int64_t n) {
+  thread_local std::unique_ptr<float[]> buffers[2];
+  thread_local int64_t sizes[2] = {0, 0};
+  if (n > sizes[slot]) {
+    buffers[slot].reset();
+    buffers[slot].reset(new float[n]);
+    sizes[slot] = n;
+  }
+  return buffers[slot].get();
+}
+
+float* weight_space(int64_t n, const at::TensorOptions& options, at::Tensor& own) {
+  if (n <= (int64_t(16) << 20)) return workspace(1, n);
+  own = at::empty({n}, options);
+  return own.data_ptr<float>();
+}
+
+}  // namespace winograd
+}  // namespace fastseg

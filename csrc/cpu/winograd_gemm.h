@@ -1,0 +1,38 @@
+// What the Winograd routes share (csrc/cpu/winograd_gemm.cpp): the BLAS sgemm they run their transformed
+// products on, per-thread workspaces and the compiler target of their transform loops.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The transforms are plain loops over tiles or channels, vectorised by the compiler for AVX2 (the rest
+// of the library is built for the x86-64 baseline); the routes are taken only where the CPU has AVX2.
+#define FASTSEG_WINOGRAD_TARGET __attribute__((target("avx2")))
+#define FASTSEG_WINOGRAD 1
+#else
+#define FASTSEG_WINOGRAD_TARGET
+#endif
+
+namespace fastseg {
+namespace winograd {
+
+// Whether the Winograd routes can run here: an x86-64 CPU with AVX2 and the BLAS sgemm found.
+bool available();
+
+// Column-major C (m x n) = op(A) (m x k) op(B) (k x n) + beta C, op: the matrix or its transpose. One
+// thread: it is called from inside at::parallel_for.
+void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float* c, int64_t ldc, float beta = 0.f);
+
+// A buffer of at least n floats, kept by the calling thread and reused by its next calls. Slot 0: a
+// block's transformed tiles; slot 1: a transformed weight (or its gradient) that is not cached.
+float* workspace(int slot, int64_t n);
+
+// n floats for a transformed weight or its gradient: workspace slot 1, or past 64 MB a tensor of their own,
+// held by `own`.
+float* weight_space(int64_t n, const at::TensorOptions& options, at::Tensor& own);
+
+}  // namespace winograd
+}  // namespace fastseg

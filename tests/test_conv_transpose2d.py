@@ -244,11 +244,12 @@ def test_native_k2s2_backward_in_blocks(groups, output_padding, channels_last):
     assert got[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, seed=0):
-    """One 3x3 stride-1 layer on the native backend against fp64 PyTorch: forward and all gradients, on
-    poisoned memory (fresh outputs are NaN), in PyTorch's memory format."""
-    x, wt, b = make(n, cin, cout, 1, 3, 3, h, w, bias=bias, channels_last=channels_last, seed=seed)
-    args = dict(stride=1, padding=padding, output_padding=0, groups=1, dilation=1)
+def check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, seed=0, kernel=3, stride=1,
+                         output_padding=0):
+    """One layer (3x3 stride 1 unless told) on the native backend against fp64 PyTorch: forward and all
+    gradients, on poisoned memory (fresh outputs are NaN), in PyTorch's memory format."""
+    x, wt, b = make(n, cin, cout, 1, kernel, kernel, h, w, bias=bias, channels_last=channels_last, seed=seed)
+    args = dict(stride=stride, padding=padding, output_padding=output_padding, groups=1, dilation=1)
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     try:
@@ -310,14 +311,59 @@ def test_native_winograd_every_shape_when_forced():
     assert out.stdout.split()[-1] == "ok"
 
 
-def test_native_winograd_weight_cache():
+@pytest.mark.parametrize("n,cin,cout,h,w,padding,output_padding", [
+    (2, 64, 64, 8, 8, 1, 0),        # the Hourglass' k4 s2 p1
+    (1, 40, 48, 7, 5, 1, 0),        # odd sizes: phase tiles half outside the output
+    (1, 32, 36, 5, 6, 0, 1),        # padding 0, output_padding 1 (the odd phase has one row fewer)
+    (2, 33, 40, 6, 5, 2, 1),        # padding 2: taps shifted by a whole input row
+    (1, 36, 32, 4, 7, 3, 0),        # padding 3: odd again, the phases swap taps
+    (1, 32, 34, 5, 4, (1, 2), (1, 0)),  # uneven padding and output_padding
+    (1, 48, 40, 1, 1, 1, 0),        # a one-pixel image
+    (2, 128, 96, 40, 40, 1, 0),     # several blocks of tile rows, blocks across images
+])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+@pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
+def test_native_winograd_k4s2_layers(n, cin, cout, h, w, padding, output_padding, channels_last, bias, relu):
+    """Kernel-4 stride-2 layers with >= 32 channels run Winograd's F(2x2, 2x2) on each sub-pixel phase
+    (csrc/cpu/conv_transpose2d_winograd_k4s2.cpp): forward and all gradients."""
+    require_backend("native", "cpu")
+    check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, kernel=4, stride=2,
+                         output_padding=output_padding)
+
+
+def test_native_winograd_k4s2_every_shape_when_forced():
+    """The k4 s2 Winograd kernels forced onto random small layers (route 5): few channels, tiny images,
+    every padding and output_padding."""
+    require_backend("native", "cpu")
+    code = ("import random, sys\n"
+            "sys.path.insert(0, 'tests')\n"
+            "from test_conv_transpose2d import check_winograd_layer\n"
+            "rng = random.Random(1)\n"
+            "for i in range(40):\n"
+            "    h, w = rng.randint(1, 9), rng.randint(1, 9)\n"
+            "    padding = (rng.randint(0, 3), rng.randint(0, 3))\n"
+            "    output_padding = (rng.randint(0, 1), rng.randint(0, 1))\n"
+            "    if min(2 * h + 2 - 2 * padding[0], 2 * w + 2 - 2 * padding[1]) <= 0: continue\n"
+            "    check_winograd_layer(rng.randint(1, 3), rng.randint(1, 20), rng.randint(1, 20), h, w, padding,\n"
+            "                         rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5, seed=i,\n"
+            "                         kernel=4, stride=2, output_padding=output_padding)\n"
+            "print('ok')\n")
+    env = dict(os.environ, FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE="5", FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE="5")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "ok"
+
+
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (4, 2)])
+def test_native_winograd_weight_cache(kernel, stride):
     """The transformed weight is kept like oneDNN's packed one: packed by the second forward, never by a
     backward, and a weight changed in place is transformed again."""
     require_backend("native", "cpu")
     fastseg.ops.empty_cache()
     try:
-        x, w, b = make(1, 72, 80, 1, 3, 3, 5, 6)
-        args = dict(stride=1, padding=1, output_padding=0, groups=1, dilation=1)
+        x, w, b = make(1, 72, 80, 1, kernel, kernel, 5, 6)
+        args = dict(stride=stride, padding=1, output_padding=0, groups=1, dilation=1)
         wg = w.clone().requires_grad_()
         for _ in range(3):  # training-like: forward + backward, the weight unchanged
             leaves = [x.clone().requires_grad_(), wg]
@@ -330,11 +376,11 @@ def test_native_winograd_weight_cache():
         fastseg.ops.empty_cache()
         gy = torch.randn(expected(x, w, b, **args).shape)
         for _ in range(3):  # the backward op alone, called again and again: it only looks the weight up
-            gx = torch.ops.fastseg.conv_transpose2d_backward(gy, x, w, [1, 1], [1, 1], [0, 0], 1, [1, 1])[0]
+            gx = torch.ops.fastseg.conv_transpose2d_backward(gy, x, w, [stride] * 2, [1, 1], [0, 0], 1, [1, 1])[0]
         assert torch.ops.fastseg.weight_cache_entries() == 0
         xr = x.double().requires_grad_()
-        check_close(gx, torch.autograd.grad(F.conv_transpose2d(xr, w.double(), None, 1, 1), xr, gy.double())[0],
-                    torch.float32)
+        want = torch.autograd.grad(F.conv_transpose2d(xr, w.double(), None, stride, 1), xr, gy.double())[0]
+        check_close(gx, want, torch.float32)
     finally:
         fastseg.ops.empty_cache()
 

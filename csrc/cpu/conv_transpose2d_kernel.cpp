@@ -326,6 +326,13 @@ bool winograd(const at::Tensor& input, const ConvT2dParams& p) {
 at::Tensor cached_winograd_weight(const at::Tensor& weight, bool may_pack) {
   return packed_weight(weight, {2}, [&] { return winograd_conv_transpose2d_weight(weight); }, may_pack);
 }
+// A channels_last result in memory format fmt, with that format's strides even where both formats' strides
+// would do (1x1 images, on which .contiguous(fmt) keeps the channels_last ones).
+at::Tensor from_channels_last(const at::Tensor& t, at::MemoryFormat fmt) {
+  if (fmt == at::MemoryFormat::ChannelsLast) return t;
+  return at::empty(t.sizes(), t.options().memory_format(fmt)).copy_(t);
+}
+
 at::Tensor cached_winograd_k4s2_weight(const at::Tensor& weight, bool may_pack) {
   return packed_weight(weight, {3}, [&] { return winograd_k4s2_conv_transpose2d_weight(weight); }, may_pack);
 }
@@ -443,9 +450,9 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
       }
       if (winograd_k4s2_conv_transpose2d_fits(input, p)) {
         const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
-        return winograd_k4s2_conv_transpose2d_forward(input, weight, cached_winograd_k4s2_weight(weight, true), b, p,
-                                                      relu)
-            .contiguous(fmt);
+        return from_channels_last(
+            winograd_k4s2_conv_transpose2d_forward(input, weight, cached_winograd_k4s2_weight(weight, true), b, p, relu),
+            fmt);
       }
       break;
     case Route::kOneDnnViaChannelsLast:
@@ -483,7 +490,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
   }
   if (route == Route::kWinograd && winograd_k4s2_conv_transpose2d_fits(input, p)) {
     const at::Tensor g = grad_output.contiguous(cl);  // what both gradients read
-    return {winograd_k4s2_conv_transpose2d_grad_input(g, weight, cached_winograd_k4s2_weight(weight, false), p),
+    const at::Tensor cached = cached_winograd_k4s2_weight(weight, false);
+    return {from_channels_last(winograd_k4s2_conv_transpose2d_grad_input(g, weight, cached, p), fmt),
             winograd_k4s2_conv_transpose2d_grad_weight(g, input, p), g.sum({0, 2, 3})};
   }
   if (route == Route::kShuffleViaChannelsLast && p.shuffle()) {

@@ -56,6 +56,11 @@ struct Geometry {
   int64_t in_tiles_x() const { return (w + 1) / 2; }
 };
 
+// Floats from one plane of transformed tiles to the next, for ld tiles of n channels: a cache line more
+// than they hold. The 9 planes a transform writes at once fell into the same cache sets when they were a
+// multiple of 4 KiB apart (benchmarks/notes/conv_transpose2d.md, section 24).
+inline int64_t plane_stride(int64_t ld, int64_t n) { return ld * n + 16; }
+
 // Tile rows per block such that a block's tiles take at most ~24 MB (floats_per_tile floats each), spread
 // evenly over the blocks.
 int64_t block_rows(int64_t rows_total, int64_t tiles_x, int64_t floats_per_tile) {
@@ -190,14 +195,14 @@ void untransform_weight(const float* dT, int64_t cin, int64_t cout, float* dwp) 
 }
 
 // The forward's input transform of the block's tiles [t0, t1) (tile t at tile row r0 + t / tiles_x,
-// column t % tiles_x), all 4 phases: V[ph][xi][t][c], planes ld * C floats apart. x: [N][H][W][C];
+// column t % tiles_x), all 4 phases: V[ph][xi][t][c], planes `plane` floats apart. x: [N][H][W][C];
 // zero: C zeros.
 FASTSEG_WINOGRAD_TARGET void input_transform(const float* x, const Geometry& g, int64_t r0, int64_t t0, int64_t t1,
-                                             float* V, int64_t ld, const float* zero) {
-  const int64_t tx = g.out_tiles_x(), ty = g.out_tiles_y(), C = g.c, plane = ld * C;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
-    for (int ph = 0; ph < 4; ++ph) {
+                                             float* V, int64_t plane, const float* zero) {
+  const int64_t tx = g.out_tiles_x(), ty = g.out_tiles_y(), C = g.c;
+  for (int ph = 0; ph < 4; ++ph)  // phase by phase: 9 planes written at a time, not 36
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
       const int64_t sy = 2 * i + shift(ph / 2, g.py) - 1, sx = 2 * j + shift(ph % 2, g.px) - 1;
       const float* d[9];
       for (int a = 0; a < 3; ++a)
@@ -207,17 +212,16 @@ FASTSEG_WINOGRAD_TARGET void input_transform(const float* x, const Geometry& g, 
         }
       transform_patch(d, Planes(V + ph * 9 * plane + t * C, plane).p, C);
     }
-  }
 }
 
 // The forward's output transform of the tiles [t0, t1): out[N][Ho][Wo][K] = A^T M A + bias, ReLU.
 // bias: K floats (zeros without one); s: 4 K floats of scratch (the pixels past the output).
 FASTSEG_WINOGRAD_TARGET void output_transform(const float* M, const Geometry& g, int64_t r0, int64_t t0, int64_t t1,
-                                              int64_t ld, const float* bias, bool relu, float* out, float* s) {
-  const int64_t tx = g.out_tiles_x(), ty = g.out_tiles_y(), K = g.k, plane = ld * K;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
-    for (int ph = 0; ph < 4; ++ph) {
+                                              int64_t plane, const float* bias, bool relu, float* out, float* s) {
+  const int64_t tx = g.out_tiles_x(), ty = g.out_tiles_y(), K = g.k;
+  for (int ph = 0; ph < 4; ++ph)  // phase by phase: 9 planes written at a time, not 36
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
       float* y[4];
       for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
@@ -226,17 +230,16 @@ FASTSEG_WINOGRAD_TARGET void output_transform(const float* M, const Geometry& g,
         }
       untransform_tile(Planes(const_cast<float*>(M) + ph * 9 * plane + t * K, plane).p, bias, relu, y, K);
     }
-  }
 }
 
 // The input gradient's transform of grad_output for the input tiles [t0, t1) (2x2 input pixels): per phase,
 // the 3x3 patch gy[2 (2 i - c + a) + ry][2 (2 j - c' + b) + rx]: V[ph][xi][t][k]. zero: K zeros.
 FASTSEG_WINOGRAD_TARGET void grad_output_transform(const float* gy, const Geometry& g, int64_t r0, int64_t t0,
-                                                   int64_t t1, float* V, int64_t ld, const float* zero) {
-  const int64_t tx = g.in_tiles_x(), ty = g.in_tiles_y(), K = g.k, plane = ld * K;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
-    for (int ph = 0; ph < 4; ++ph) {
+                                                   int64_t t1, float* V, int64_t plane, const float* zero) {
+  const int64_t tx = g.in_tiles_x(), ty = g.in_tiles_y(), K = g.k;
+  for (int ph = 0; ph < 4; ++ph)  // phase by phase: 9 planes written at a time, not 36
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
       const int64_t ry = ph / 2, rx = ph % 2;
       const int64_t my = 2 * i - shift(ry, g.py), mx = 2 * j - shift(rx, g.px);
       const float* d[9];
@@ -247,14 +250,13 @@ FASTSEG_WINOGRAD_TARGET void grad_output_transform(const float* gy, const Geomet
         }
       transform_patch(d, Planes(V + ph * 9 * plane + t * K, plane).p, K);
     }
-  }
 }
 
 // The input gradient's output transform: grad_x[N][H][W][C] = A^T M A of M[xi][t][c]. zero: C zeros;
 // s: 4 C floats of scratch.
 FASTSEG_WINOGRAD_TARGET void grad_input_transform(const float* M, const Geometry& g, int64_t r0, int64_t t0,
-                                                  int64_t t1, int64_t ld, const float* zero, float* gx, float* s) {
-  const int64_t tx = g.in_tiles_x(), ty = g.in_tiles_y(), C = g.c, plane = ld * C;
+                                                  int64_t t1, int64_t plane, const float* zero, float* gx, float* s) {
+  const int64_t tx = g.in_tiles_x(), ty = g.in_tiles_y(), C = g.c;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
     float* y[4];
@@ -270,11 +272,11 @@ FASTSEG_WINOGRAD_TARGET void grad_input_transform(const float* M, const Geometry
 // The weight gradient's transform of grad_output on the forward's tiles: D[ph][xi][t][k] = A y A^T, y the
 // tile's 2x2 output gradient (zero outside the output). zero: K zeros.
 FASTSEG_WINOGRAD_TARGET void spread_transform(const float* gy, const Geometry& g, int64_t r0, int64_t t0, int64_t t1,
-                                              float* D, int64_t ld, const float* zero) {
-  const int64_t tx = g.out_tiles_x(), ty = g.out_tiles_y(), K = g.k, plane = ld * K;
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
-    for (int ph = 0; ph < 4; ++ph) {
+                                              float* D, int64_t plane, const float* zero) {
+  const int64_t tx = g.out_tiles_x(), ty = g.out_tiles_y(), K = g.k;
+  for (int ph = 0; ph < 4; ++ph)  // phase by phase: 9 planes written at a time, not 36
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t r = r0 + t / tx, img = r / ty, i = r % ty, j = t % tx;
       const float* y[4];
       for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
@@ -283,7 +285,6 @@ FASTSEG_WINOGRAD_TARGET void spread_transform(const float* gy, const Geometry& g
         }
       spread_tile(y, Planes(D + ph * 9 * plane + t * K, plane).p, K);
     }
-  }
 }
 
 Geometry geometry(const ConvT2dParams& p) { return {p.n, p.cin, p.cout, p.h, p.w, p.ho, p.wo, p.ph, p.pw}; }
@@ -343,15 +344,17 @@ at::Tensor winograd_k4s2_conv_transpose2d_forward(const at::Tensor& input, const
   const float* tp = transformed_weight(weight, transformed, own);
   const int64_t tx = g.out_tiles_x(), rows_total = g.n * g.out_tiles_y();
   const int64_t block = block_rows(rows_total, tx, 36 * (g.c + g.k));
-  const TileSpace space = tile_space(36 * g.c * block * tx, 36 * g.k * block * tx, std::max(g.c, g.k));
+  const TileSpace space =
+      tile_space(36 * plane_stride(block * tx, g.c), 36 * plane_stride(block * tx, g.k), std::max(g.c, g.k));
   float *vp = space.in, *mp = space.out;
   const float* xp = x.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : space.zero;
   float* op = out.data_ptr<float>();
   for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
     const int64_t ld = (std::min(rows_total, r0 + block) - r0) * tx;
+    const int64_t vplane = plane_stride(ld, g.c), mplane = plane_stride(ld, g.k);
     parallel_tiles(ld, 0, [&](int64_t t0, int64_t t1, float*) {
-      input_transform(xp, g, r0, t0, t1, vp, ld, space.zero);
+      input_transform(xp, g, r0, t0, t1, vp, vplane, space.zero);
     });
     // 36 GEMMs, one per phase and transform index: column-major M[ph][xi] (K x ld) = U (K x C) V (C x ld),
     // U = T[taps][xi] read as [C][K] row-major.
@@ -359,11 +362,12 @@ at::Tensor winograd_k4s2_conv_transpose2d_forward(const at::Tensor& input, const
       for (int64_t e = begin; e < end; ++e) {
         const int64_t ph = e / 9, xi = e % 9;
         const float* u = tp + (taps_of(ph, g.py, g.px) * 9 + xi) * g.c * g.k;
-        sgemm(false, false, g.k, ld, g.c, u, g.k, vp + e * ld * g.c, g.c, mp + e * ld * g.k, g.k);
+        sgemm(false, false, g.k, ld, g.c, u, g.k, vp + e * vplane, g.c, mp + e * mplane, g.k);
       }
     });
-    parallel_tiles(ld, 4 * g.k,
-                   [&](int64_t t0, int64_t t1, float* s) { output_transform(mp, g, r0, t0, t1, ld, bp, relu, op, s); });
+    parallel_tiles(ld, 4 * g.k, [&](int64_t t0, int64_t t1, float* s) {
+      output_transform(mp, g, r0, t0, t1, mplane, bp, relu, op, s);
+    });
   }
   return out;
 }
@@ -378,14 +382,16 @@ at::Tensor winograd_k4s2_conv_transpose2d_grad_input(const at::Tensor& grad_outp
   const float* tp = transformed_weight(weight, transformed, own);
   const int64_t tx = g.in_tiles_x(), rows_total = g.n * g.in_tiles_y();
   const int64_t block = block_rows(rows_total, tx, 36 * g.k + 9 * g.c);
-  const TileSpace space = tile_space(36 * g.k * block * tx, 9 * g.c * block * tx, std::max(g.c, g.k));
+  const TileSpace space =
+      tile_space(36 * plane_stride(block * tx, g.k), 9 * plane_stride(block * tx, g.c), std::max(g.c, g.k));
   float *vp = space.in, *mp = space.out;
   const float* yp = gy.data_ptr<float>();
   float* gp = grad_input.data_ptr<float>();
   for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
     const int64_t ld = (std::min(rows_total, r0 + block) - r0) * tx, half = (ld + 1) / 2;
+    const int64_t vplane = plane_stride(ld, g.k), mplane = plane_stride(ld, g.c);
     parallel_tiles(ld, 0, [&](int64_t t0, int64_t t1, float*) {
-      grad_output_transform(yp, g, r0, t0, t1, vp, ld, space.zero);
+      grad_output_transform(yp, g, r0, t0, t1, vp, vplane, space.zero);
     });
     // Per transform index, the sum over the 4 phases (4 GEMMs into one M), split in two halves of the tiles:
     // column-major M[xi] (C x n) += U' (C x K) V[ph][xi] (K x n), U' = T[taps][8 - xi] ([C][K] row-major,
@@ -396,13 +402,13 @@ at::Tensor winograd_k4s2_conv_transpose2d_grad_input(const at::Tensor& grad_outp
         if (n <= 0) continue;
         for (int64_t ph = 0; ph < 4; ++ph) {
           const float* u = tp + (taps_of(ph, g.py, g.px) * 9 + 8 - xi) * g.c * g.k;
-          sgemm(true, false, g.c, n, g.k, u, g.k, vp + ((ph * 9 + xi) * ld + first) * g.k, g.k,
-                mp + (xi * ld + first) * g.c, g.c, ph == 0 ? 0.f : 1.f);
+          sgemm(true, false, g.c, n, g.k, u, g.k, vp + (ph * 9 + xi) * vplane + first * g.k, g.k,
+                mp + xi * mplane + first * g.c, g.c, ph == 0 ? 0.f : 1.f);
         }
       }
     });
     parallel_tiles(ld, 4 * g.c, [&](int64_t t0, int64_t t1, float* s) {
-      grad_input_transform(mp, g, r0, t0, t1, ld, space.zero, gp, s);
+      grad_input_transform(mp, g, r0, t0, t1, mplane, space.zero, gp, s);
     });
   }
   return grad_input;
@@ -417,22 +423,24 @@ at::Tensor winograd_k4s2_conv_transpose2d_grad_weight(const at::Tensor& grad_out
   float* up = winograd::weight_space(36 * g.c * g.k, input.options(), own);  // dT[q][xi][c][k]
   const int64_t tx = g.out_tiles_x(), rows_total = g.n * g.out_tiles_y();
   const int64_t block = block_rows(rows_total, tx, 36 * (g.c + g.k));
-  const TileSpace space = tile_space(36 * g.c * block * tx, 36 * g.k * block * tx, std::max(g.c, g.k));
+  const TileSpace space =
+      tile_space(36 * plane_stride(block * tx, g.c), 36 * plane_stride(block * tx, g.k), std::max(g.c, g.k));
   float *vp = space.in, *dp = space.out;
   const float* xp = x.data_ptr<float>();
   const float* yp = gy.data_ptr<float>();
   for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
     const int64_t ld = (std::min(rows_total, r0 + block) - r0) * tx;
+    const int64_t vplane = plane_stride(ld, g.c), dplane = plane_stride(ld, g.k);
     parallel_tiles(ld, 0, [&](int64_t t0, int64_t t1, float*) {
-      input_transform(xp, g, r0, t0, t1, vp, ld, space.zero);
-      spread_transform(yp, g, r0, t0, t1, dp, ld, space.zero);
+      input_transform(xp, g, r0, t0, t1, vp, vplane, space.zero);
+      spread_transform(yp, g, r0, t0, t1, dp, dplane, space.zero);
     });
     // column-major dT[taps][xi] (K x C) += D[ph][xi] (K x ld) V[ph][xi]^T (ld x C); the first block writes.
     at::parallel_for(0, 36, 1, [&](int64_t begin, int64_t end) {
       for (int64_t e = begin; e < end; ++e) {
         const int64_t ph = e / 9, xi = e % 9;
         float* u = up + (taps_of(ph, g.py, g.px) * 9 + xi) * g.c * g.k;
-        sgemm(false, true, g.k, g.c, ld, dp + e * ld * g.k, g.k, vp + e * ld * g.c, g.c, u, g.k,
+        sgemm(false, true, g.k, g.c, ld, dp + e * dplane, g.k, vp + e * vplane, g.c, u, g.k,
               r0 == 0 ? 0.f : 1.f);
       }
     });

@@ -312,19 +312,19 @@ def test_native_winograd_every_shape_when_forced():
 
 
 @pytest.mark.parametrize("n,cin,cout,h,w,padding,output_padding", [
-    (2, 64, 64, 8, 8, 1, 0),        # the Hourglass' k4 s2 p1
-    (1, 40, 48, 7, 5, 1, 0),        # odd sizes: phase tiles half outside the output
-    (1, 32, 36, 5, 6, 0, 1),        # padding 0, output_padding 1 (the odd phase has one row fewer)
-    (2, 33, 40, 6, 5, 2, 1),        # padding 2: taps shifted by a whole input row
-    (1, 36, 32, 4, 7, 3, 0),        # padding 3: odd again, the phases swap taps
-    (1, 32, 34, 5, 4, (1, 2), (1, 0)),  # uneven padding and output_padding
-    (1, 48, 40, 1, 1, 1, 0),        # a one-pixel image
-    (2, 128, 96, 40, 40, 1, 0),     # several blocks of tile rows, blocks across images
+    (2, 128, 128, 8, 8, 1, 0),        # the Hourglass' k4 s2 p1
+    (1, 128, 136, 7, 5, 1, 0),        # odd sizes: phase tiles half outside the output
+    (1, 130, 128, 5, 6, 0, 1),        # padding 0, output_padding 1 (the odd phase has one row fewer)
+    (2, 129, 128, 6, 5, 2, 1),        # padding 2: taps shifted by a whole input row
+    (1, 136, 128, 4, 7, 3, 0),        # padding 3: odd again, the phases swap taps
+    (1, 128, 132, 5, 4, (1, 2), (1, 0)),  # uneven padding and output_padding
+    (1, 144, 128, 1, 1, 1, 0),        # a one-pixel image
+    (2, 128, 160, 40, 40, 1, 0),      # the fewest channels routed to it; several blocks, across images
 ])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
 def test_native_winograd_k4s2_layers(n, cin, cout, h, w, padding, output_padding, channels_last, bias, relu):
-    """Kernel-4 stride-2 layers with >= 32 channels run Winograd's F(2x2, 2x2) on each sub-pixel phase
+    """Kernel-4 stride-2 layers with >= 128 channels run Winograd's F(2x2, 2x2) on each sub-pixel phase
     (csrc/cpu/conv_transpose2d_winograd_k4s2.cpp): forward and all gradients."""
     require_backend("native", "cpu")
     check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, kernel=4, stride=2,
@@ -355,14 +355,14 @@ def test_native_winograd_k4s2_every_shape_when_forced():
     assert out.stdout.split()[-1] == "ok"
 
 
-@pytest.mark.parametrize("kernel,stride", [(3, 1), (4, 2)])
-def test_native_winograd_weight_cache(kernel, stride):
+@pytest.mark.parametrize("kernel,stride,cin,cout", [(3, 1, 72, 80), (4, 2, 128, 136)])
+def test_native_winograd_weight_cache(kernel, stride, cin, cout):
     """The transformed weight is kept like oneDNN's packed one: packed by the second forward, never by a
     backward, and a weight changed in place is transformed again."""
     require_backend("native", "cpu")
     fastseg.ops.empty_cache()
     try:
-        x, w, b = make(1, 72, 80, 1, kernel, kernel, 5, 6)
+        x, w, b = make(1, cin, cout, 1, kernel, kernel, 5, 6)
         args = dict(stride=stride, padding=1, output_padding=0, groups=1, dilation=1)
         wg = w.clone().requires_grad_()
         for _ in range(3):  # training-like: forward + backward, the weight unchanged

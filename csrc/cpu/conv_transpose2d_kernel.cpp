@@ -314,11 +314,15 @@ bool direct(const at::Tensor& input, const ConvT2dParams& p) {
 
 // 3x3 stride-1 layers with at least 32 channels on each side (DeconvNet's decoder) by Winograd's
 // F(2x2, 3x3), both memory formats: from 32 channels on it beat the direct kernels and oneDNN; with 16-21
-// it was as often slower as faster (benchmarks/notes/conv_transpose2d.md, section 23).
+// it was as often slower as faster (benchmarks/notes/conv_transpose2d.md, section 23). Kernel-4 stride-2
+// layers (the Hourglass) by F(2x2, 2x2) per phase from 128 channels on: with 32-96 it measured 0.75-1.35x
+// of the direct kernels and oneDNN, from 128 on 1.0-2.4x (section 24).
 constexpr int64_t kWinogradMinChannels = 32;
+constexpr int64_t kWinogradK4S2MinChannels = 128;
 bool winograd(const at::Tensor& input, const ConvT2dParams& p) {
-  return std::min(p.cin, p.cout) >= kWinogradMinChannels &&
-         (winograd_conv_transpose2d_fits(input, p) || winograd_k4s2_conv_transpose2d_fits(input, p));
+  const int64_t channels = std::min(p.cin, p.cout);
+  return (channels >= kWinogradMinChannels && winograd_conv_transpose2d_fits(input, p)) ||
+         (channels >= kWinogradK4S2MinChannels && winograd_k4s2_conv_transpose2d_fits(input, p));
 }
 
 // The Winograd-transformed weight kept in the packed-weight cache as oneDNN's packed form is (packed by

@@ -26,6 +26,7 @@
 namespace fastseg {
 namespace {
 
+using winograd::plane_stride;
 using winograd::sgemm;
 using winograd::weight_space;
 using winograd::workspace;
@@ -190,7 +191,7 @@ int64_t input_scratch(const Conv3x3& g, int64_t rows) {
 // V[xi][c][t], t = (r - r0) * stride_x + tile column, V's rows `ld` apart.
 FASTSEG_WINOGRAD_TARGET void input_transform(const float* x, const Conv3x3& g, int64_t c, int64_t r0, int64_t r1,
                                              float* V, int64_t ld, float* scratch) {
-  const int64_t ty = g.tiles_y(), sx = g.stride_x(), width = g.padded_width(), plane = g.c * ld;
+  const int64_t ty = g.tiles_y(), sx = g.stride_x(), width = g.padded_width(), plane = plane_stride(ld, g.c);
   for (int64_t ra = r0; ra < r1;) {  // one segment per image
     const int64_t img = ra / ty, rb = std::min(r1, (img + 1) * ty), rows = rb - ra, n_t = rows * sx;
     // Tile row s of the segment reads padded rows 2 s .. 2 s + 3 of its image block: even ones are rows
@@ -231,7 +232,7 @@ int64_t output_scratch(const Conv3x3& g, int64_t rows) { return 12 * rows * g.st
 // [N][K][Ho][Wo].
 FASTSEG_WINOGRAD_TARGET void output_transform(const float* M, const Conv3x3& g, int64_t k, int64_t r0, int64_t r1,
                                               int64_t ld, const float* bias, bool relu, float* out, float* scratch) {
-  const int64_t ty = g.tiles_y(), sx = g.stride_x(), plane = g.k * ld;
+  const int64_t ty = g.tiles_y(), sx = g.stride_x(), plane = plane_stride(ld, g.k);
   const float bk = bias ? bias[k] : 0.f;
   for (int64_t ra = r0; ra < r1;) {
     const int64_t img = ra / ty, rb = std::min(r1, (img + 1) * ty), n_t = (rb - ra) * sx;
@@ -262,7 +263,7 @@ FASTSEG_WINOGRAD_TARGET void output_transform(const float* M, const Conv3x3& g, 
 // Input transform of the tiles [t0, t1) of a block starting at tile row r0. zero: C zeros; e: 16 C floats.
 FASTSEG_WINOGRAD_TARGET void input_transform_cl(const float* x, const Conv3x3& g, int64_t r0, int64_t t0, int64_t t1,
                                                 float* V, int64_t ld, const float* zero, float* e) {
-  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), C = g.c, plane = ld * C;
+  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), C = g.c, plane = plane_stride(ld, C);
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t r = r0 + t / tx, j = t % tx, img = r / ty;
     const int64_t y0 = (r % ty) * 2 - g.qh, x0 = 2 * j - g.qw;
@@ -284,7 +285,7 @@ FASTSEG_WINOGRAD_TARGET void input_transform_cl(const float* x, const Conv3x3& g
 FASTSEG_WINOGRAD_TARGET void output_transform_cl(const float* M, const Conv3x3& g, int64_t r0, int64_t t0, int64_t t1,
                                                  int64_t ld, const float* bias, const float* zero, bool relu,
                                                  float* out, float* s) {
-  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), K = g.k, plane = ld * K;
+  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), K = g.k, plane = plane_stride(ld, K);
   const float* __restrict__ b = bias ? bias : zero;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t r = r0 + t / tx, j = t % tx, img = r / ty, oy = (r % ty) * 2, ox = 2 * j;
@@ -321,9 +322,9 @@ struct TileSpace {
   const float* zero;
 };
 TileSpace tile_space(const Conv3x3& g, int64_t ld_max) {
-  float* in = workspace(0, 16 * (g.c + g.k) * ld_max + std::max(g.c, g.k));
-  float* out = in + 16 * g.c * ld_max;
-  float* zero = out + 16 * g.k * ld_max;
+  float* in = workspace(0, 16 * (plane_stride(ld_max, g.c) + plane_stride(ld_max, g.k)) + std::max(g.c, g.k));
+  float* out = in + 16 * plane_stride(ld_max, g.c);
+  float* zero = out + 16 * plane_stride(ld_max, g.k);
   std::fill(zero, zero + std::max(g.c, g.k), 0.f);
   return {in, out, zero};
 }
@@ -369,8 +370,8 @@ void winograd_conv3x3(const at::Tensor& x, const float* tp, bool rotated, const 
       });
     at::parallel_for(0, 16, 1, [&](int64_t begin, int64_t end) {
       for (int64_t xi = begin; xi < end; ++xi) {
-        const float* v = vp + xi * g.c * ld;
-        float* m = mp + xi * g.k * ld;
+        const float* v = vp + xi * plane_stride(ld, g.c);
+        float* m = mp + xi * plane_stride(ld, g.k);
         // The kernel's transform: rotated: T[swap(xi)] is [C][K] row-major; else T[xi] is [K][C] row-major.
         const float* u = rotated ? tp + (kSwap[xi / 4] * 4 + kSwap[xi % 4]) * g.c * g.k : tp + xi * g.k * g.c;
         if (channels_last)  // column-major: M[xi]^T (K x ld) = U^T (K x C) V[xi]^T (C x ld)
@@ -449,7 +450,7 @@ int64_t grad_output_scratch(const Conv3x3& g, int64_t rows) { return 2 * rows * 
 // padding, so its D is zero and it adds nothing).
 FASTSEG_WINOGRAD_TARGET void grad_output_transform(const float* gy, const Conv3x3& g, int64_t k, int64_t r0,
                                                    int64_t r1, float* D, int64_t ld, float* scratch) {
-  const int64_t ty = g.tiles_y(), sx = g.stride_x(), width = g.padded_width(), plane = g.k * ld;
+  const int64_t ty = g.tiles_y(), sx = g.stride_x(), width = g.padded_width(), plane = plane_stride(ld, g.k);
   for (int64_t ra = r0; ra < r1;) {
     const int64_t img = ra / ty, rb = std::min(r1, (img + 1) * ty), rows = rb - ra, n_t = rows * sx;
     // q_i: output row 2 s + i of tile row s at [s width, (s + 1) width), zero past the output.
@@ -484,7 +485,7 @@ FASTSEG_WINOGRAD_TARGET void grad_output_transform(const float* gy, const Conv3x
 FASTSEG_WINOGRAD_TARGET void grad_output_transform_cl(const float* gy, const Conv3x3& g, int64_t r0, int64_t t0,
                                                       int64_t t1, float* D, int64_t ld, const float* zero,
                                                       float* scratch) {
-  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), K = g.k, plane = ld * K;
+  const int64_t tx = g.tiles_x(), ty = g.tiles_y(), K = g.k, plane = plane_stride(ld, K);
   float* u = scratch;
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t r = r0 + t / tx, j = t % tx, img = r / ty, oy = (r % ty) * 2, ox = 2 * j;
@@ -563,8 +564,8 @@ void winograd_grad_weight3x3(const at::Tensor& x, const at::Tensor& gy, const Co
     const float beta = r0 == 0 ? 0.f : 1.f;  // the first block writes dU, the others add to it
     at::parallel_for(0, 16, 1, [&](int64_t begin, int64_t end) {
       for (int64_t xi = begin; xi < end; ++xi) {
-        const float* v = vp + xi * g.c * ld;
-        const float* d = dp + xi * g.k * ld;
+        const float* v = vp + xi * plane_stride(ld, g.c);
+        const float* d = dp + xi * plane_stride(ld, g.k);
         float* u = up + xi * g.c * g.k;  // column-major: dU[xi]^T (K x C) += D (K x ld) V^T (ld x C)
         if (channels_last)  // D: column-major K x ld; V: column-major C x ld
           sgemm(false, true, g.k, g.c, ld, d, g.k, v, g.c, u, g.k, beta);

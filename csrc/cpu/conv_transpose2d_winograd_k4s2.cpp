@@ -36,6 +36,7 @@
 namespace fastseg {
 namespace {
 
+using winograd::plane_stride;
 using winograd::sgemm;
 
 // The first tap k0 and the input shift c of phase r in a dimension padded by p (see the top).
@@ -55,11 +56,6 @@ struct Geometry {
   int64_t in_tiles_y() const { return (h + 1) / 2; }
   int64_t in_tiles_x() const { return (w + 1) / 2; }
 };
-
-// Floats from one plane of transformed tiles to the next, for ld tiles of n channels: a cache line more
-// than they hold. The 9 planes a transform writes at once fell into the same cache sets when they were a
-// multiple of 4 KiB apart (benchmarks/notes/conv_transpose2d.md, section 24).
-inline int64_t plane_stride(int64_t ld, int64_t n) { return ld * n + 16; }
 
 // Tile rows per block such that a block's tiles take at most ~24 MB (floats_per_tile floats each), spread
 // evenly over the blocks.

@@ -26,6 +26,11 @@ bool available();
 void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
            const float* b, int64_t ldb, float* c, int64_t ldc, float beta = 0.f);
 
+// Floats from one plane of transformed tiles to the next (ld tiles of n channels): a cache line more than
+// they hold. A transform writes 9-16 planes at once; a multiple of 4 KiB apart they fell into the same
+// cache sets (benchmarks/notes/conv_transpose2d.md, section 24: a 32-channel layer 2.3 -> 0.66 ms).
+inline int64_t plane_stride(int64_t ld, int64_t n) { return ld * n + 16; }
+
 // A buffer of at least n floats, kept by the calling thread and reused by its next calls. Slot 0: a
 // block's transformed tiles; slot 1: a transformed weight (or its gradient) that is not cached.
 float* workspace(int slot, int64_t n);

@@ -272,18 +272,18 @@ def check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu,
 
 
 @pytest.mark.parametrize("n,cin,cout,h,w,padding", [
-    (2, 72, 80, 9, 11, 1),        # DeconvNet's k3 s1 p1, odd output: a last tile half outside
-    (1, 65, 66, 1, 1, 1),         # a one-pixel image
-    (3, 66, 72, 5, 8, 2),         # padding 2: the output is 2 smaller than the input
-    (1, 80, 65, 6, 7, 0),         # padding 0: 2 larger
-    (2, 70, 67, 3, 2, (0, 1)),    # uneven padding
-    (2, 96, 128, 20, 33, 1),      # several blocks of tile rows, blocks across images
-    (2, 32, 40, 12, 10, 1),       # the fewest channels routed to it
+    (2, 104, 112, 9, 11, 1),      # DeconvNet's k3 s1 p1, odd output: a last tile half outside
+    (1, 97, 98, 1, 1, 1),         # a one-pixel image
+    (3, 98, 104, 5, 8, 2),        # padding 2: the output is 2 smaller than the input
+    (1, 112, 97, 6, 7, 0),        # padding 0: 2 larger
+    (2, 102, 99, 3, 2, (0, 1)),   # uneven padding
+    (2, 96, 96, 40, 120, 1),      # several blocks of tile rows, blocks across images
+    (2, 96, 100, 12, 10, 1),      # the fewest channels routed to it
 ])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, True)])
 def test_native_winograd_3x3_layers(n, cin, cout, h, w, padding, channels_last, bias, relu):
-    """3x3 stride-1 layers with >= 32 channels run Winograd's F(2x2, 3x3) on the native CPU backend
+    """3x3 stride-1 layers with >= 96 channels run Winograd's F(2x2, 3x3) on the native CPU backend
     (csrc/cpu/conv_transpose2d_winograd.cpp): forward and input gradient."""
     require_backend("native", "cpu")
     check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu)
@@ -355,7 +355,7 @@ def test_native_winograd_k4s2_every_shape_when_forced():
     assert out.stdout.split()[-1] == "ok"
 
 
-@pytest.mark.parametrize("kernel,stride,cin,cout", [(3, 1, 72, 80), (4, 2, 128, 136)])
+@pytest.mark.parametrize("kernel,stride,cin,cout", [(3, 1, 96, 104), (4, 2, 128, 136)])
 def test_native_winograd_weight_cache(kernel, stride, cin, cout):
     """The transformed weight is kept like oneDNN's packed one: packed by the second forward, never by a
     backward, and a weight changed in place is transformed again."""

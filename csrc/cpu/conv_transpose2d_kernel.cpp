@@ -11,10 +11,11 @@
 //
 // Other kernels on layers with <= 64 channels (FCN's k4 s2 p1 and k16 s8 p4 score upsampling, fp32,
 // groups 1, no dilation): the direct AVX-512 kernels of conv_transpose2d_direct.cpp, forward and backward.
-// 3x3 stride-1 layers with >= 32 channels (DeconvNet's decoder, fp32): Winograd's F(2x2, 3x3)
+// 3x3 stride-1 layers with >= 96 channels (DeconvNet's decoder, fp32): Winograd's F(2x2, 3x3)
 // (conv_transpose2d_winograd.cpp), forward and both gradients, 16 products per 2x2 tile where a direct
-// convolution takes 36.
-// Everything else (wide k4 s2 layers, dilation, groups, fp16/bf16) goes to at::convolution /
+// convolution takes 36. Kernel-4 stride-2 layers with >= 128 channels (the Hourglass, fp32): F(2x2, 2x2) on
+// each sub-pixel phase (conv_transpose2d_winograd_k4s2.cpp), 9 products where a direct one takes 16.
+// Everything else (other wide layers, dilation, groups, fp16/bf16) goes to at::convolution /
 // at::convolution_backward, i.e. to the same oneDNN deconvolution PyTorch runs: on wide layers it runs
 // near the FMA peak, and it beat every GEMM-based formulation tried here (dense conv2d of the s*s
 // phases + pixel shuffle was 1.2-4x slower; benchmarks/notes/conv_transpose2d.md).
@@ -293,9 +294,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   + scatter twice.
 // - forward, NCHW, kernel == stride: the fused k2 s2 GEMM + pixel-shuffle kernel (conv_transpose2d_k2.cpp,
 //   1.1-4.9x oneDNN), or GEMM + scatter where it does not fit.
-// - forward and backward, kernel != stride, <= 64 channels, fp32 (3x3 stride 1 only below 32): the direct
+// - forward and backward, kernel != stride, <= 64 channels, fp32: the direct
 //   kernels (FCN 16x16 k4 s2: 1.6-2x oneDNN forward, 1.7-2x forward + backward).
-// - forward and backward, 3x3 stride 1, >= 32 channels, fp32: Winograd F(2x2, 3x3) (DeconvNet).
+// - forward and backward, fp32, 3x3 stride 1 with >= 96 channels: Winograd F(2x2, 3x3) (DeconvNet); 4x4
+//   stride 2 with >= 128 channels: Winograd F(2x2, 2x2) per phase (the Hourglass).
 // - forward, NCHW, other kernels: oneDNN's NCHW deconvolution is much slower than its channels_last one
 //   on layers with few channels, more than the two layout copies cost, so those run in channels_last
 //   and are copied back; wide layers run oneDNN's NCHW directly.
@@ -312,17 +314,22 @@ bool direct(const at::Tensor& input, const ConvT2dParams& p) {
   return std::max(p.cin, p.cout) <= kDirectMaxChannels && direct_conv_transpose2d_fits(input, p);
 }
 
-// 3x3 stride-1 layers with at least 32 channels on each side (DeconvNet's decoder) by Winograd's
-// F(2x2, 3x3), both memory formats: from 32 channels on it beat the direct kernels and oneDNN; with 16-21
-// it was as often slower as faster (benchmarks/notes/conv_transpose2d.md, section 23). Kernel-4 stride-2
-// layers (the Hourglass) by F(2x2, 2x2) per phase from 128 channels on: with 32-96 it measured 0.75-1.35x
-// of the direct kernels and oneDNN, from 128 on 1.0-2.4x (section 24).
-constexpr int64_t kWinogradMinChannels = 32;
+// 3x3 stride-1 layers with at least 96 channels on each side (DeconvNet's decoder) by Winograd's
+// F(2x2, 3x3), kernel-4 stride-2 layers (the Hourglass) with at least 128 by F(2x2, 2x2) per phase, both
+// memory formats. Measured against oneDNN with glibc keeping its memory (no page faults on either side;
+// benchmarks/notes/conv_transpose2d.md, section 24): 3x3 from 96 channels on 1.1-1.7x, with 32-64
+// channels 0.4-0.9x (the transforms' cost grows with the tiles, the saved products with the channels);
+// k4 s2 from 128 channels on 1.0-1.4x, with 96 0.96-1.0x, and 0.8-0.9x in NCHW on a single 8x8 image
+// (16 tiles a phase: GEMMs too small to pay for the layout copies).
+constexpr int64_t kWinogradMinChannels = 96;
 constexpr int64_t kWinogradK4S2MinChannels = 128;
-bool winograd(const at::Tensor& input, const ConvT2dParams& p) {
+constexpr int64_t kWinogradK4S2MinTilesNchw = 32;
+bool winograd(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   const int64_t channels = std::min(p.cin, p.cout);
-  return (channels >= kWinogradMinChannels && winograd_conv_transpose2d_fits(input, p)) ||
-         (channels >= kWinogradK4S2MinChannels && winograd_k4s2_conv_transpose2d_fits(input, p));
+  if (channels >= kWinogradMinChannels && winograd_conv_transpose2d_fits(input, p)) return true;
+  const int64_t tiles = p.n * ((p.ho + 3) / 4) * ((p.wo + 3) / 4);  // 2x2 tiles of one phase
+  return channels >= kWinogradK4S2MinChannels && winograd_k4s2_conv_transpose2d_fits(input, p) &&
+         (fmt == at::MemoryFormat::ChannelsLast || tiles >= kWinogradK4S2MinTilesNchw);
 }
 
 // The Winograd-transformed weight kept in the packed-weight cache as oneDNN's packed form is (packed by
@@ -352,7 +359,7 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
   if (force >= 0) return static_cast<Route>(force);
   if (p.shuffle()) return fmt == at::MemoryFormat::ChannelsLast ? Route::kOneDnn : Route::kShuffle;
-  if (winograd(input, p)) return Route::kWinograd;
+  if (winograd(input, p, fmt)) return Route::kWinograd;
   if (direct(input, p)) return Route::kDirect;
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
@@ -361,7 +368,7 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
 Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force >= 0) return static_cast<Route>(force);
-  if (winograd(input, p)) return Route::kWinograd;
+  if (winograd(input, p, fmt)) return Route::kWinograd;
   if (!p.shuffle() && direct(input, p)) return Route::kDirect;
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on

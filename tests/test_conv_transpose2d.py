@@ -182,7 +182,7 @@ def test_native_fused_k2s2_nchw_kernel(n, cin, cout, h, w, bias, relu):
 @pytest.mark.parametrize("n,cin,cout,k,stride,padding,output_padding,hw", [
     (1, 21, 21, (4, 4), 2, 1, 0, (7, 9)),                # FCN's k4 s2 p1 score upsampling
     (2, 3, 5, (16, 16), 8, 4, 0, (4, 3)),                # FCN's k16 s8 p4
-    (2, 13, 40, (3, 3), 1, 1, 0, (5, 6)),                # two output-channel blocks, a 1-channel tail of 6
+    (2, 13, 40, (3, 3), 2, 1, 0, (5, 6)),                # two output-channel blocks, a 1-channel tail of 6
     (1, 7, 64, (3, 4), (2, 3), (0, 2), (1, 0), (4, 5)),  # uneven stride, padding, output_padding
     (3, 1, 2, (5, 2), (3, 1), (2, 0), (2, 0), (1, 8)),
     (1, 40, 33, (3, 2), 2, (1, 0), 0, (3, 4)),         # two input-channel blocks for the input gradient

@@ -308,10 +308,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd };
 
 constexpr int64_t kDirectMaxChannels = 64;
+constexpr int64_t kDirectMaxChannels3x3 = 32;
 
-// Layers with few enough channels for the direct kernels (conv_transpose2d_direct.cpp) to beat oneDNN.
+// Layers with few enough channels for the direct kernels (conv_transpose2d_direct.cpp) to beat oneDNN. 3x3
+// stride-1 layers only up to 32: with 48-64 channels the direct backward measured 0.7-0.95x of oneDNN's
+// (DeconvNet's 64-channel 224x224 layer 58-67 ms against 38-39; benchmarks/notes/conv_transpose2d.md,
+// section 24).
 bool direct(const at::Tensor& input, const ConvT2dParams& p) {
-  return std::max(p.cin, p.cout) <= kDirectMaxChannels && direct_conv_transpose2d_fits(input, p);
+  const bool k3s1 = p.kh == 3 && p.kw == 3 && p.sh == 1 && p.sw == 1;
+  return std::max(p.cin, p.cout) <= (k3s1 ? kDirectMaxChannels3x3 : kDirectMaxChannels) &&
+         direct_conv_transpose2d_fits(input, p);
 }
 
 // 3x3 stride-1 layers with at least 96 channels on each side (DeconvNet's decoder) by Winograd's

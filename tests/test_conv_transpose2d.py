@@ -289,28 +289,6 @@ def test_native_winograd_3x3_layers(n, cin, cout, h, w, padding, channels_last, 
     check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu)
 
 
-def test_native_winograd_every_shape_when_forced():
-    """The Winograd kernels forced onto every 3x3 stride-1 fp32 layer (FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE=5,
-    the measurement switch), so that few channels, tiny images and every padding reach them too."""
-    require_backend("native", "cpu")
-    code = ("import itertools, random, sys\n"
-            "sys.path.insert(0, 'tests')\n"
-            "from test_conv_transpose2d import check_winograd_layer\n"
-            "rng = random.Random(0)\n"
-            "for i in range(40):\n"
-            "    h, w = rng.randint(1, 9), rng.randint(1, 9)\n"
-            "    padding = (rng.randint(0, min(2, h)), rng.randint(0, min(2, w)))\n"
-            "    if h + 2 - 2 * padding[0] <= 0 or w + 2 - 2 * padding[1] <= 0: continue\n"
-            "    check_winograd_layer(rng.randint(1, 3), rng.randint(1, 20), rng.randint(1, 20), h, w, padding,\n"
-            "                         rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5, seed=i)\n"
-            "print('ok')\n")
-    env = dict(os.environ, FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE="5", FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE="5")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split()[-1] == "ok"
-
-
 @pytest.mark.parametrize("n,cin,cout,h,w,padding,output_padding", [
     (2, 128, 128, 8, 8, 1, 0),        # the Hourglass' k4 s2 p1
     (1, 128, 136, 7, 5, 1, 0),        # odd sizes: phase tiles half outside the output
@@ -331,28 +309,46 @@ def test_native_winograd_k4s2_layers(n, cin, cout, h, w, padding, output_padding
                          output_padding=output_padding)
 
 
-def test_native_winograd_k4s2_every_shape_when_forced():
-    """The k4 s2 Winograd kernels forced onto random small layers (route 5): few channels, tiny images,
-    every padding and output_padding."""
+@pytest.mark.parametrize("kernel,stride", [(3, 1), (4, 2)])
+def test_native_winograd_every_shape_when_forced(kernel, stride):
+    """The Winograd kernels forced onto 40 random small layers (FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE=5, the
+    measurement switch), so that few channels, tiny images, every padding and output_padding reach them."""
     require_backend("native", "cpu")
     code = ("import random, sys\n"
             "sys.path.insert(0, 'tests')\n"
             "from test_conv_transpose2d import check_winograd_layer\n"
-            "rng = random.Random(1)\n"
+            f"kernel, stride = {kernel}, {stride}\n"
+            "rng = random.Random(kernel)\n"
             "for i in range(40):\n"
             "    h, w = rng.randint(1, 9), rng.randint(1, 9)\n"
-            "    padding = (rng.randint(0, 3), rng.randint(0, 3))\n"
-            "    output_padding = (rng.randint(0, 1), rng.randint(0, 1))\n"
-            "    if min(2 * h + 2 - 2 * padding[0], 2 * w + 2 - 2 * padding[1]) <= 0: continue\n"
+            "    padding = (rng.randint(0, kernel - 1), rng.randint(0, kernel - 1))\n"
+            "    output_padding = (rng.randint(0, stride - 1), rng.randint(0, stride - 1))\n"
+            "    if min((h - 1) * stride + kernel - 2 * padding[0], (w - 1) * stride + kernel - 2 * padding[1]) <= 0:\n"
+            "        continue\n"
             "    check_winograd_layer(rng.randint(1, 3), rng.randint(1, 20), rng.randint(1, 20), h, w, padding,\n"
             "                         rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5, seed=i,\n"
-            "                         kernel=4, stride=2, output_padding=output_padding)\n"
+            "                         kernel=kernel, stride=stride, output_padding=output_padding)\n"
             "print('ok')\n")
     env = dict(os.environ, FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE="5", FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE="5")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "ok"
+
+
+@pytest.mark.parametrize("kernel,stride,cin,cout", [(3, 1, 96, 104), (4, 2, 128, 136)])
+def test_native_winograd_workspace_released(kernel, stride, cin, cout):
+    """fastseg.ops.empty_cache frees the calling thread's Winograd workspace (and says how much), and the
+    next call builds it again."""
+    require_backend("native", "cpu")
+    x, w, b = make(2, cin, cout, 1, kernel, kernel, 8, 8)
+    args = dict(stride=stride, padding=1, output_padding=0, groups=1, dilation=1)
+    fastseg.ops.empty_cache()
+    run("native", x, w, b, args)
+    assert fastseg.ops.empty_cache() >= 4 * 16 * cin * cout  # at least the weight's transform (16 or 36 planes)
+    assert fastseg.ops.empty_cache() == 0
+    check_close(run("native", x, w, b, args), expected(x, w, b, **args), torch.float32)
+    fastseg.ops.empty_cache()
 
 
 @pytest.mark.parametrize("kernel,stride,cin,cout", [(3, 1, 96, 104), (4, 2, 128, 136)])

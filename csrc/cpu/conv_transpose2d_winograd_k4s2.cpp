@@ -57,15 +57,6 @@ struct Geometry {
   int64_t in_tiles_x() const { return (w + 1) / 2; }
 };
 
-// Tile rows per block such that a block's tiles take at most ~24 MB (floats_per_tile floats each), spread
-// evenly over the blocks.
-int64_t block_rows(int64_t rows_total, int64_t tiles_x, int64_t floats_per_tile) {
-  const int64_t per_row = floats_per_tile * tiles_x * static_cast<int64_t>(sizeof(float));
-  const int64_t most = std::clamp<int64_t>((int64_t(24) << 20) / per_row, 1, rows_total);
-  const int64_t blocks = (rows_total + most - 1) / most;
-  return (rows_total + blocks - 1) / blocks;
-}
-
 // The loops below read and write runs of n channels through arrays of pointers (the pixels of a patch, the
 // 9 planes of a transform); no two of them overlap, which `ivdep` tells the vectoriser.
 
@@ -303,17 +294,29 @@ void parallel_tiles(int64_t n, int64_t scratch, const Fn& fn) {
   });
 }
 
-// A block's transformed tiles in workspace slot 0: `in` floats of the input side, `out` floats of the
-// output side, then a run of zeros (the padding's pixels, the missing bias).
-struct TileSpace {
+// The blocks of tile rows a pass runs one after the other (rows_total rows of tiles_x tiles, spread evenly
+// over the blocks), such that a block's transformed tiles, in_planes planes of in_c channels a tile and
+// out_planes planes of out_c, take at most ~24 MB; and their space in workspace slot 0, followed by a run of
+// zeros (the padding's pixels, the missing bias).
+struct Blocks {
+  int64_t tiles_x, rows_total, rows;
   float* in;
   float* out;
   const float* zero;
+  // The tiles of the block that starts at tile row r0.
+  int64_t tiles(int64_t r0) const { return (std::min(rows_total, r0 + rows) - r0) * tiles_x; }
 };
-TileSpace tile_space(int64_t in, int64_t out, int64_t zeros) {
+Blocks make_blocks(int64_t rows_total, int64_t tiles_x, int64_t in_planes, int64_t in_c, int64_t out_planes,
+                   int64_t out_c) {
+  const int64_t per_row = (in_planes * in_c + out_planes * out_c) * tiles_x * static_cast<int64_t>(sizeof(float));
+  const int64_t most = std::clamp<int64_t>((int64_t(24) << 20) / per_row, 1, rows_total);
+  const int64_t count = (rows_total + most - 1) / most, rows = (rows_total + count - 1) / count;
+  const int64_t in = in_planes * plane_stride(rows * tiles_x, in_c);
+  const int64_t out = out_planes * plane_stride(rows * tiles_x, out_c);
+  const int64_t zeros = std::max(in_c, out_c);
   float* p = winograd::workspace(0, in + out + zeros);
   std::fill(p + in + out, p + in + out + zeros, 0.f);
-  return {p, p + in, p + in + out};
+  return {tiles_x, rows_total, rows, p, p + in, p + in + out};
 }
 
 }  // namespace
@@ -338,19 +341,16 @@ at::Tensor winograd_k4s2_conv_transpose2d_forward(const at::Tensor& input, const
   const Geometry g = geometry(p);
   at::Tensor own;
   const float* tp = transformed_weight(weight, transformed, own);
-  const int64_t tx = g.out_tiles_x(), rows_total = g.n * g.out_tiles_y();
-  const int64_t block = block_rows(rows_total, tx, 36 * (g.c + g.k));
-  const TileSpace space =
-      tile_space(36 * plane_stride(block * tx, g.c), 36 * plane_stride(block * tx, g.k), std::max(g.c, g.k));
-  float *vp = space.in, *mp = space.out;
+  const Blocks blocks = make_blocks(g.n * g.out_tiles_y(), g.out_tiles_x(), 36, g.c, 36, g.k);
+  float *vp = blocks.in, *mp = blocks.out;
   const float* xp = x.data_ptr<float>();
-  const float* bp = bias.defined() ? bias.data_ptr<float>() : space.zero;
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : blocks.zero;
   float* op = out.data_ptr<float>();
-  for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
-    const int64_t ld = (std::min(rows_total, r0 + block) - r0) * tx;
+  for (int64_t r0 = 0; r0 < blocks.rows_total; r0 += blocks.rows) {
+    const int64_t ld = blocks.tiles(r0);
     const int64_t vplane = plane_stride(ld, g.c), mplane = plane_stride(ld, g.k);
     parallel_tiles(ld, 0, [&](int64_t t0, int64_t t1, float*) {
-      input_transform(xp, g, r0, t0, t1, vp, vplane, space.zero);
+      input_transform(xp, g, r0, t0, t1, vp, vplane, blocks.zero);
     });
     // 36 GEMMs, one per phase and transform index: column-major M[ph][xi] (K x ld) = U (K x C) V (C x ld),
     // U = T[taps][xi] read as [C][K] row-major.
@@ -376,18 +376,15 @@ at::Tensor winograd_k4s2_conv_transpose2d_grad_input(const at::Tensor& grad_outp
   const Geometry g = geometry(p);
   at::Tensor own;
   const float* tp = transformed_weight(weight, transformed, own);
-  const int64_t tx = g.in_tiles_x(), rows_total = g.n * g.in_tiles_y();
-  const int64_t block = block_rows(rows_total, tx, 36 * g.k + 9 * g.c);
-  const TileSpace space =
-      tile_space(36 * plane_stride(block * tx, g.k), 9 * plane_stride(block * tx, g.c), std::max(g.c, g.k));
-  float *vp = space.in, *mp = space.out;
+  const Blocks blocks = make_blocks(g.n * g.in_tiles_y(), g.in_tiles_x(), 36, g.k, 9, g.c);
+  float *vp = blocks.in, *mp = blocks.out;
   const float* yp = gy.data_ptr<float>();
   float* gp = grad_input.data_ptr<float>();
-  for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
-    const int64_t ld = (std::min(rows_total, r0 + block) - r0) * tx, half = (ld + 1) / 2;
+  for (int64_t r0 = 0; r0 < blocks.rows_total; r0 += blocks.rows) {
+    const int64_t ld = blocks.tiles(r0), half = (ld + 1) / 2;
     const int64_t vplane = plane_stride(ld, g.k), mplane = plane_stride(ld, g.c);
     parallel_tiles(ld, 0, [&](int64_t t0, int64_t t1, float*) {
-      grad_output_transform(yp, g, r0, t0, t1, vp, vplane, space.zero);
+      grad_output_transform(yp, g, r0, t0, t1, vp, vplane, blocks.zero);
     });
     // Per transform index, the sum over the 4 phases (4 GEMMs into one M), split in two halves of the tiles:
     // column-major M[xi] (C x n) += U' (C x K) V[ph][xi] (K x n), U' = T[taps][8 - xi] ([C][K] row-major,
@@ -404,7 +401,7 @@ at::Tensor winograd_k4s2_conv_transpose2d_grad_input(const at::Tensor& grad_outp
       }
     });
     parallel_tiles(ld, 4 * g.c, [&](int64_t t0, int64_t t1, float* s) {
-      grad_input_transform(mp, g, r0, t0, t1, mplane, space.zero, gp, s);
+      grad_input_transform(mp, g, r0, t0, t1, mplane, blocks.zero, gp, s);
     });
   }
   return grad_input;
@@ -417,19 +414,16 @@ at::Tensor winograd_k4s2_conv_transpose2d_grad_weight(const at::Tensor& grad_out
   const Geometry g = geometry(p);
   at::Tensor own;
   float* up = winograd::weight_space(36 * g.c * g.k, input.options(), own);  // dT[q][xi][c][k]
-  const int64_t tx = g.out_tiles_x(), rows_total = g.n * g.out_tiles_y();
-  const int64_t block = block_rows(rows_total, tx, 36 * (g.c + g.k));
-  const TileSpace space =
-      tile_space(36 * plane_stride(block * tx, g.c), 36 * plane_stride(block * tx, g.k), std::max(g.c, g.k));
-  float *vp = space.in, *dp = space.out;
+  const Blocks blocks = make_blocks(g.n * g.out_tiles_y(), g.out_tiles_x(), 36, g.c, 36, g.k);
+  float *vp = blocks.in, *dp = blocks.out;
   const float* xp = x.data_ptr<float>();
   const float* yp = gy.data_ptr<float>();
-  for (int64_t r0 = 0; r0 < rows_total; r0 += block) {
-    const int64_t ld = (std::min(rows_total, r0 + block) - r0) * tx;
+  for (int64_t r0 = 0; r0 < blocks.rows_total; r0 += blocks.rows) {
+    const int64_t ld = blocks.tiles(r0);
     const int64_t vplane = plane_stride(ld, g.c), dplane = plane_stride(ld, g.k);
     parallel_tiles(ld, 0, [&](int64_t t0, int64_t t1, float*) {
-      input_transform(xp, g, r0, t0, t1, vp, vplane, space.zero);
-      spread_transform(yp, g, r0, t0, t1, dp, dplane, space.zero);
+      input_transform(xp, g, r0, t0, t1, vp, vplane, blocks.zero);
+      spread_transform(yp, g, r0, t0, t1, dp, dplane, blocks.zero);
     });
     // column-major dT[taps][xi] (K x C) += D[ph][xi] (K x ld) V[ph][xi]^T (ld x C); the first block writes.
     at::parallel_for(0, 36, 1, [&](int64_t begin, int64_t end) {

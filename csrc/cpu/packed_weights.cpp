@@ -1,5 +1,6 @@
 // The packed-weight cache (see packed_weights.h for why and for the rules).
 #include "packed_weights.h"
+#include "winograd_gemm.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -126,6 +127,7 @@ at::Tensor packed_weight(const at::Tensor& weight, std::vector<int64_t> key, con
 
 namespace {
 
+// The packed weights, and the Winograd routes' workspaces of the calling thread (winograd_gemm.h).
 int64_t clear_packed_weights() {
   Cache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
@@ -133,7 +135,7 @@ int64_t clear_packed_weights() {
   c.entries.clear();
   c.sightings.clear();
   c.bytes = 0;
-  return bytes;
+  return bytes + winograd::release_workspaces();
 }
 
 int64_t packed_weight_entries() {
@@ -145,7 +147,8 @@ int64_t packed_weight_entries() {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastseg, m) {
-  // Frees the packed weights (fastseg.ops.empty_cache); returns the bytes they held (copies and packed forms).
+  // Frees the packed weights and the calling thread's Winograd workspaces (fastseg.ops.empty_cache); returns
+  // the bytes they held.
   m.def("empty_cache() -> int", &clear_packed_weights);
   // How many packed weights are kept (tests, memory accounting).
   m.def("weight_cache_entries() -> int", &packed_weight_entries);

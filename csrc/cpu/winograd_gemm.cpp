@@ -42,19 +42,41 @@ void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
   blas_sgemm()(transpose_a ? "T" : "N", transpose_b ? "T" : "N", &mi, &ni, &ki, &one, a, &la, b, &lb, &beta, c, &lc);
 }
 
-// Fresh memory of these sizes (1-24 MB of tiles, up to 16.8 MB of a 512-channel transformed weight) costs a
-// page fault per 4 KiB on every call once glibc hands it back to the system (benchmarks/notes/
-// conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for the 512-channel weight, and it
-// slowed oneDNN's weight gradient run next to it by 4 ms.
+namespace {
+
+// A thread's two buffers, kept between calls: fresh memory of these sizes (1-24 MB of tiles, up to 16.8 MB
+// of a 512-channel transformed weight) costs a page fault per 4 KiB on every call once glibc hands it back
+// to the system (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for
+// the 512-channel weight, and it slowed oneDNN's weight gradient run next to it by 4 ms.
+struct Workspaces {
+  std::unique_ptr<float[]> buffers[2];
+  int64_t sizes[2] = {0, 0};
+};
+Workspaces& workspaces() {
+  thread_local Workspaces w;
+  return w;
+}
+
+}  // namespace
+
 float* workspace(int slot, int64_t n) {
-  thread_local std::unique_ptr<float[]> buffers[2];
-  thread_local int64_t sizes[2] = {0, 0};
-  if (n > sizes[slot]) {
-    buffers[slot].reset();
-    buffers[slot].reset(new float[n]);
-    sizes[slot] = n;
+  Workspaces& w = workspaces();
+  if (n > w.sizes[slot]) {
+    w.buffers[slot].reset();
+    w.buffers[slot].reset(new float[n]);
+    w.sizes[slot] = n;
   }
-  return buffers[slot].get();
+  return w.buffers[slot].get();
+}
+
+int64_t release_workspaces() {
+  Workspaces& w = workspaces();
+  const int64_t bytes = (w.sizes[0] + w.sizes[1]) * static_cast<int64_t>(sizeof(float));
+  for (int slot = 0; slot < 2; ++slot) {
+    w.buffers[slot].reset();
+    w.sizes[slot] = 0;
+  }
+  return bytes;
 }
 
 float* weight_space(int64_t n, const at::TensorOptions& options, at::Tensor& own) {

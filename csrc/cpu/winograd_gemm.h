@@ -35,6 +35,9 @@ inline int64_t plane_stride(int64_t ld, int64_t n) { return ld * n + 16; }
 // block's transformed tiles; slot 1: a transformed weight (or its gradient) that is not cached.
 float* workspace(int slot, int64_t n);
 
+// Frees the calling thread's workspaces (fastseg.ops.empty_cache); returns the bytes they held.
+int64_t release_workspaces();
+
 // n floats for a transformed weight or its gradient: workspace slot 1, or past 64 MB a tensor of their own,
 // held by `own`.
 float* weight_space(int64_t n, const at::TensorOptions& options, at::Tensor& own);

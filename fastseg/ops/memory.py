@@ -14,7 +14,8 @@ def empty_cache() -> int:
     weight is used only while the weight's bytes equal a copy taken when it was packed, so every write is
     seen, ``.data`` and NumPy included. ``FASTSEG_WEIGHT_CACHE=0`` switches it off. The layers that run
     Winograd's algorithm (3x3 stride 1 from 96 channels, 4x4 stride 2 from 128, fp32) keep a workspace per
-    calling thread (up to about 40 MB); this frees the calling thread's.
+    calling thread (24 MB of tiles and, for an uncached weight, its transform); this frees the calling
+    thread's.
 
     Example:
         >>> fastseg.ops.empty_cache() >= 0

@@ -313,7 +313,7 @@ constexpr int64_t kDirectMaxChannels3x3 = 32;
 // Layers with few enough channels for the direct kernels (conv_transpose2d_direct.cpp) to beat oneDNN. 3x3
 // stride-1 layers only up to 32: with 48-64 channels the direct backward measured 0.7-0.95x of oneDNN's
 // (DeconvNet's 64-channel 224x224 layer 58-67 ms against 38-39; benchmarks/notes/conv_transpose2d.md,
-// section 24).
+// section 25).
 bool direct(const at::Tensor& input, const ConvT2dParams& p) {
   const bool k3s1 = p.kh == 3 && p.kw == 3 && p.sh == 1 && p.sw == 1;
   return std::max(p.cin, p.cout) <= (k3s1 ? kDirectMaxChannels3x3 : kDirectMaxChannels) &&
@@ -323,7 +323,7 @@ bool direct(const at::Tensor& input, const ConvT2dParams& p) {
 // 3x3 stride-1 layers with at least 96 channels on each side (DeconvNet's decoder) by Winograd's
 // F(2x2, 3x3), kernel-4 stride-2 layers (the Hourglass) with at least 128 by F(2x2, 2x2) per phase, both
 // memory formats. Measured against oneDNN with glibc keeping its memory (no page faults on either side;
-// benchmarks/notes/conv_transpose2d.md, section 24): 3x3 from 96 channels on 1.1-1.7x, with 32-64
+// benchmarks/notes/conv_transpose2d.md, section 25): 3x3 from 96 channels on 1.1-1.7x, with 32-64
 // channels 0.4-0.9x (the transforms' cost grows with the tiles, the saved products with the channels);
 // k4 s2 from 128 channels on 1.0-1.4x, with 96 0.96-1.0x, and 0.8-0.9x in NCHW on a single 8x8 image
 // (16 tiles a phase: GEMMs too small to pay for the layout copies).
@@ -343,15 +343,15 @@ bool winograd(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat 
 at::Tensor cached_winograd_weight(const at::Tensor& weight, bool may_pack) {
   return packed_weight(weight, {2}, [&] { return winograd_conv_transpose2d_weight(weight); }, may_pack);
 }
+at::Tensor cached_winograd_k4s2_weight(const at::Tensor& weight, bool may_pack) {
+  return packed_weight(weight, {3}, [&] { return winograd_k4s2_conv_transpose2d_weight(weight); }, may_pack);
+}
+
 // A channels_last result in memory format fmt, with that format's strides even where both formats' strides
 // would do (1x1 images, on which .contiguous(fmt) keeps the channels_last ones).
 at::Tensor from_channels_last(const at::Tensor& t, at::MemoryFormat fmt) {
   if (fmt == at::MemoryFormat::ChannelsLast) return t;
   return at::empty(t.sizes(), t.options().memory_format(fmt)).copy_(t);
-}
-
-at::Tensor cached_winograd_k4s2_weight(const at::Tensor& weight, bool may_pack) {
-  return packed_weight(weight, {3}, [&] { return winograd_k4s2_conv_transpose2d_weight(weight); }, may_pack);
 }
 
 // A route forced by an environment variable (read once: getenv on every call measured in the per-call
@@ -459,19 +459,17 @@ at::Tensor conv_transpose2d_cpu(const at::Tensor& input, const at::Tensor& weigh
     case Route::kShuffleViaChannelsLast:
       if (p.shuffle()) return shuffle_forward(input, weight, bias, p, relu, cl).contiguous(fmt);
       break;
-    case Route::kWinograd:
-      if (winograd_conv_transpose2d_fits(input, p)) {
-        const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+    case Route::kWinograd: {
+      const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+      if (winograd_conv_transpose2d_fits(input, p))
         return winograd_conv_transpose2d_forward(input, weight, cached_winograd_weight(weight, true), b, p, relu,
                                                  fmt);
-      }
-      if (winograd_k4s2_conv_transpose2d_fits(input, p)) {
-        const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+      if (winograd_k4s2_conv_transpose2d_fits(input, p))
         return from_channels_last(
             winograd_k4s2_conv_transpose2d_forward(input, weight, cached_winograd_k4s2_weight(weight, true), b, p, relu),
             fmt);
-      }
       break;
+    }
     case Route::kOneDnnViaChannelsLast:
       return onednn_forward(input.contiguous(cl), weight, bias, stride, padding, output_padding, groups, dilation,
                             relu)

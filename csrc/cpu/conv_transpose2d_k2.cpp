@@ -131,7 +131,114 @@ bool conv_transpose2d_k2_nchw(const at::Tensor& input, const at::Tensor& weight,
   return true;
 }
 
+// channels_last: out[n, 2i + ky, 2j + kx, co] = bias[co] + sum_ci x[n, i, j, ci] w[ci, co, ky, kx]: a GEMM of
+// the pixels [N*H*W, C_in] (the input, read in place) by the weight [C_in, (ky, kx, co)], whose every
+// output row is a run of channels of one output pixel. A tile of 12 pixels by 32 channels of one tap lives
+// in 24 registers (the pixels' values broadcast, the weight's 32 channels two vectors) and is stored,
+// with the bias and the ReLU, straight to the 12 output pixels. PyTorch runs oneDNN's deconvolution here,
+// at the same FMA peak: this saves oneDNN's per-call overhead and its pass over the output
+// (benchmarks/notes/conv_transpose2d.md, section 26).
+namespace {
+
+constexpr int64_t kPixels = 12;  // GEMM rows per tile: pixels
+constexpr int64_t kLanes = 32;   // GEMM columns per tile: output channels of one tap, two 16-lane vectors
+
+// Output channels [32 cb, 32 cb + 32) of tap t for the `rows` (<= 12) pixels p0 .. of the input x [P][K];
+// panel: the weight's [K][32] for (cb, t); out: the output [N][2H][2W][Cout].
+template <int64_t Rows>
+__attribute__((target("avx512f"))) void channel_tile(const float* panel, const float* x, const float* bias,
+                                                     float* out, const ConvT2dParams& p, int64_t p0, int64_t cb,
+                                                     int64_t t, bool relu) {
+  const int64_t K = p.cin;
+  __m512 c[Rows][2];
+  for (int64_t r = 0; r < Rows; ++r) c[r][0] = c[r][1] = _mm512_setzero_ps();
+  const float* a = x + p0 * K;
+  for (int64_t k = 0; k < K; ++k, panel += kLanes) {
+    const __m512 b0 = _mm512_loadu_ps(panel), b1 = _mm512_loadu_ps(panel + 16);
+    for (int64_t r = 0; r < Rows; ++r) {  // unrolled: Rows is a constant
+      const __m512 v = _mm512_set1_ps(a[r * K + k]);
+      c[r][0] = _mm512_fmadd_ps(v, b0, c[r][0]);
+      c[r][1] = _mm512_fmadd_ps(v, b1, c[r][1]);
+    }
+  }
+  const int64_t co = cb * kLanes, ky = t / 2, kx = t % 2, hw = p.h * p.w;
+  const __m512 bias0 = bias ? _mm512_loadu_ps(bias + co) : _mm512_setzero_ps();
+  const __m512 bias1 = bias ? _mm512_loadu_ps(bias + co + 16) : _mm512_setzero_ps();
+  for (int64_t r = 0; r < Rows; ++r) {
+    const int64_t q = p0 + r, n = q / hw, i = q % hw / p.w, j = q % p.w;
+    float* o = out + ((n * p.ho + 2 * i + ky) * p.wo + 2 * j + kx) * p.cout + co;
+    __m512 v0 = _mm512_add_ps(c[r][0], bias0), v1 = _mm512_add_ps(c[r][1], bias1);
+    if (relu) {  // max(0, v) keeps NaN (a NaN second operand is returned)
+      v0 = _mm512_max_ps(_mm512_setzero_ps(), v0);
+      v1 = _mm512_max_ps(_mm512_setzero_ps(), v1);
+    }
+    _mm512_storeu_ps(o, v0);
+    _mm512_storeu_ps(o + 16, v1);
+  }
+}
+
+}  // namespace
+
+bool conv_transpose2d_k2_channels_last_fits(const at::Tensor& input, const ConvT2dParams& p) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512 && p.kh == 2 && p.kw == 2 && p.sh == 2 && p.sw == 2 && p.ph == 0 && p.pw == 0 && p.oph == 0 &&
+         p.opw == 0 && p.dh == 1 && p.dw == 1 && p.groups == 1 && p.cout % kLanes == 0 &&
+         input.scalar_type() == at::kFloat;
+}
+
+at::Tensor conv_transpose2d_k2_channels_last_weight(const at::Tensor& weight) {
+  // Panels [Cout / 32][tap][K][32]: panel (cb, t) holds w[k, 32 cb + v, ky, kx], t = 2 ky + kx.
+  const at::Tensor w = weight.contiguous();
+  const int64_t K = w.size(0), cout = w.size(1), blocks = cout / kLanes;
+  at::Tensor packed = at::empty({blocks * 4 * K * kLanes}, w.options());
+  const float* src = w.data_ptr<float>();
+  float* dst = packed.data_ptr<float>();
+  at::parallel_for(0, blocks * 4, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) {
+      const int64_t cb = e / 4, t = e % 4;
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t v = 0; v < kLanes; ++v) dst[(e * K + k) * kLanes + v] = src[(k * cout + cb * kLanes + v) * 4 + t];
+    }
+  });
+  return packed;
+}
+
+void conv_transpose2d_k2_channels_last(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& bias,
+                                       const ConvT2dParams& p, bool relu, at::Tensor& out) {
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t K = p.cin, P = p.n * p.h * p.w, blocks = p.cout / kLanes;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = packed.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  // Tasks: (chunk of channel blocks, run of 96 pixels), chunks outermost, so that a thread's consecutive
+  // tasks reuse a ~256 KB slice of the panels from L2; within a task every 12-pixel tile goes through all of
+  // the chunk's panels while its pixels stay in L1.
+  const int64_t panel = K * kLanes, chunk = std::max<int64_t>(1, (256 << 10) / (4 * panel * 4));
+  const int64_t chunks = (blocks + chunk - 1) / chunk, run = 8 * kPixels, runs = (P + run - 1) / run;
+  at::parallel_for(0, chunks * runs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t cb0 = task / runs * chunk, cb1 = std::min(blocks, cb0 + chunk);
+      const int64_t q0 = task % runs * run, q1 = std::min(P, q0 + run);
+      for (int64_t q = q0; q < q1; q += kPixels)
+        for (int64_t cb = cb0; cb < cb1; ++cb)
+          for (int64_t t = 0; t < 4; ++t) {
+            const float* w = wp + (cb * 4 + t) * panel;
+            if (q + kPixels <= q1)
+              channel_tile<kPixels>(w, xp, bp, op, p, q, cb, t, relu);
+            else
+              for (int64_t r = q; r < q1; ++r) channel_tile<1>(w, xp, bp, op, p, r, cb, t, relu);
+          }
+    }
+  });
+}
+
 #else
+
+bool conv_transpose2d_k2_channels_last_fits(const at::Tensor&, const ConvT2dParams&) { return false; }
+at::Tensor conv_transpose2d_k2_channels_last_weight(const at::Tensor&) { return at::Tensor(); }
+void conv_transpose2d_k2_channels_last(const at::Tensor&, const at::Tensor&, const at::Tensor&, const ConvT2dParams&,
+                                       bool, at::Tensor&) {}
 
 bool conv_transpose2d_k2_nchw(const at::Tensor&, const at::Tensor&, const at::Tensor&, const ConvT2dParams&, bool,
                               at::Tensor&) {

@@ -106,15 +106,6 @@ inline at::MemoryFormat conv_memory_format(const at::Tensor& input, const at::Te
 bool conv_transpose2d_k2_nchw(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
                               const ConvT2dParams& p, bool relu, at::Tensor& out);
 
-// fp32 channels_last kernel-2 stride-2 transposed convolution as a register-tiled GEMM that stores each
-// output pixel's channels directly (csrc/cpu/conv_transpose2d_k2.cpp): whether a call fits it (no padding,
-// groups 1, C_out a multiple of 32, fp32, AVX-512), the weight packed for it (for the packed-weight cache),
-// and the forward into `out` (channels_last [N, C_out, 2H, 2W], allocated by the caller).
-bool conv_transpose2d_k2_channels_last_fits(const at::Tensor& input, const ConvT2dParams& p);
-at::Tensor conv_transpose2d_k2_channels_last_weight(const at::Tensor& weight);
-void conv_transpose2d_k2_channels_last(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& bias,
-                                       const ConvT2dParams& p, bool relu, at::Tensor& out);
-
 // fp32 direct kernels for layers with few channels (csrc/cpu/conv_transpose2d_direct.cpp): whether a call
 // fits them (groups 1, no dilation, fp32, AVX-512), the forward into `out` (NCHW or channels_last,
 // allocated by the caller), the input gradient into `grad_input` (likewise) and the weight gradient.

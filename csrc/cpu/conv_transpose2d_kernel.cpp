@@ -188,12 +188,6 @@ at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, co
   if (out.numel() == 0) return out;
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   if (fmt == at::MemoryFormat::Contiguous && conv_transpose2d_k2_nchw(input, weight, b, p, relu, out)) return out;
-  if (fmt == at::MemoryFormat::ChannelsLast && conv_transpose2d_k2_channels_last_fits(input, p)) {
-    at::Tensor packed = packed_weight(weight, {4}, [&] { return conv_transpose2d_k2_channels_last_weight(weight); });
-    if (!packed.defined()) packed = conv_transpose2d_k2_channels_last_weight(weight);
-    conv_transpose2d_k2_channels_last(input, packed, b, p, relu, out);
-    return out;
-  }
   at::Tensor y;
   if (fmt == at::MemoryFormat::Contiguous) {
     const at::Tensor x = input.contiguous();
@@ -370,9 +364,7 @@ int forced_route(const char* name) {
 Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
   if (force >= 0) return static_cast<Route>(force);
-  if (p.shuffle())
-    return fmt == at::MemoryFormat::ChannelsLast && !conv_transpose2d_k2_channels_last_fits(input, p) ? Route::kOneDnn
-                                                                                                       : Route::kShuffle;
+  if (p.shuffle()) return fmt == at::MemoryFormat::ChannelsLast ? Route::kOneDnn : Route::kShuffle;
   if (winograd(input, p, fmt)) return Route::kWinograd;
   if (direct(input, p)) return Route::kDirect;
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;

@@ -44,9 +44,8 @@ void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
 
 namespace {
 
-// A thread's two buffers, kept between calls: fresh memory of these sizes (1-24 MB of tiles, up to 16.8 MB
-// of a 512-channel transformed weight) costs a page fault per 4 KiB on every call once glibc hands it back
-// to the system (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for
+// A thread's two buffers, kept between calls: fresh memory of these sizes (1-24 MB of tiles, a transformed
+// weight of up to 64 MB) costs a page fault per 4 KiB on every call once glibc hands it back to the system (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for
 // the 512-channel weight, and it slowed oneDNN's weight gradient run next to it by 4 ms.
 struct Workspaces {
   std::unique_ptr<float[]> buffers[2];

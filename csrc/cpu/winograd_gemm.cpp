@@ -45,8 +45,9 @@ void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
 namespace {
 
 // A thread's two buffers, kept between calls: fresh memory of these sizes (1-24 MB of tiles, a transformed
-// weight of up to 64 MB) costs a page fault per 4 KiB on every call once glibc hands it back to the system (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for
-// the 512-channel weight, and it slowed oneDNN's weight gradient run next to it by 4 ms.
+// weight of up to 64 MB) costs a page fault per 4 KiB on every call once glibc hands it back to the system
+// (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for a 512-channel
+// 3x3 weight, and it slowed oneDNN's weight gradient run next to it by 4 ms.
 struct Workspaces {
   std::unique_ptr<float[]> buffers[2];
   int64_t sizes[2] = {0, 0};

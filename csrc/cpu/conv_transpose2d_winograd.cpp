@@ -26,6 +26,7 @@
 namespace fastseg {
 namespace {
 
+using winograd::pixel_or;
 using winograd::plane_stride;
 using winograd::sgemm;
 using winograd::weight_space;
@@ -270,10 +271,7 @@ FASTSEG_WINOGRAD_TARGET void input_transform_cl(const float* x, const Conv3x3& g
     for (int i = 0; i < 4; ++i) {  // d B, row by row: e[(4 i + col) C + c]
       const int64_t iy = y0 + i;
       const float* d[4];
-      for (int b = 0; b < 4; ++b) {
-        const int64_t ix = x0 + b;
-        d[b] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? x + ((img * g.h + iy) * g.w + ix) * C : zero;
-      }
+      for (int b = 0; b < 4; ++b) d[b] = pixel_or(x, img, iy, x0 + b, g.h, g.w, C, zero);
       float* ei = e + 4 * i * C;
       times_b(ei, ei + C, ei + 2 * C, ei + 3 * C, d[0], d[1], d[2], d[3], C);
     }
@@ -444,7 +442,9 @@ FASTSEG_WINOGRAD_TARGET void a_y_at(float* d, int64_t plane, const float* y00, c
 }
 
 // Scratch floats of grad_output_transform for a segment of up to `rows` tile rows.
-int64_t grad_output_scratch(const Conv3x3& g, int64_t rows) { return 2 * rows * g.padded_width() + 10 * rows * g.stride_x(); }
+int64_t grad_output_scratch(const Conv3x3& g, int64_t rows) {
+  return 2 * rows * g.padded_width() + 10 * rows * g.stride_x();
+}
 
 // NCHW: D[xi][k][t] for output channel k over the tile rows [r0, r1), t as in V (the extra column reads
 // padding, so its D is zero and it adds nothing).
@@ -492,7 +492,7 @@ FASTSEG_WINOGRAD_TARGET void grad_output_transform_cl(const float* gy, const Con
     const float* y[4];  // (i, col) -> y[2 i + col]
     for (int i = 0; i < 2; ++i)
       for (int col = 0; col < 2; ++col)
-        y[2 * i + col] = oy + i < g.ho && ox + col < g.wo ? gy + ((img * g.ho + oy + i) * g.wo + ox + col) * K : zero;
+        y[2 * i + col] = pixel_or(gy, img, oy + i, ox + col, g.ho, g.wo, K, zero);
     a_y_at(D + t * K, plane, y[0], y[1], y[2], y[3], u, K);
   }
 }

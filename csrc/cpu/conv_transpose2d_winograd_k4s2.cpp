@@ -36,6 +36,7 @@
 namespace fastseg {
 namespace {
 
+using winograd::pixel_or;
 using winograd::plane_stride;
 using winograd::sgemm;
 
@@ -195,7 +196,7 @@ FASTSEG_WINOGRAD_TARGET void input_transform(const float* x, const Geometry& g, 
       for (int a = 0; a < 3; ++a)
         for (int b = 0; b < 3; ++b) {
           const int64_t iy = sy + a, ix = sx + b;
-          d[3 * a + b] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? x + ((img * g.h + iy) * g.w + ix) * C : zero;
+          d[3 * a + b] = pixel_or(x, img, iy, ix, g.h, g.w, C, zero);
         }
       transform_patch(d, Planes(V + ph * 9 * plane + t * C, plane).p, C);
     }
@@ -213,7 +214,7 @@ FASTSEG_WINOGRAD_TARGET void output_transform(const float* M, const Geometry& g,
       for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
           const int64_t oy = 2 * (2 * i + a) + ph / 2, ox = 2 * (2 * j + b) + ph % 2;
-          y[2 * a + b] = oy < g.ho && ox < g.wo ? out + ((img * g.ho + oy) * g.wo + ox) * K : s + (2 * a + b) * K;
+          y[2 * a + b] = pixel_or(out, img, oy, ox, g.ho, g.wo, K, s + (2 * a + b) * K);
         }
       untransform_tile(Planes(const_cast<float*>(M) + ph * 9 * plane + t * K, plane).p, bias, relu, y, K);
     }
@@ -233,7 +234,7 @@ FASTSEG_WINOGRAD_TARGET void grad_output_transform(const float* gy, const Geomet
       for (int a = 0; a < 3; ++a)
         for (int b = 0; b < 3; ++b) {
           const int64_t oy = 2 * (my + a) + ry, ox = 2 * (mx + b) + rx;
-          d[3 * a + b] = oy >= 0 && oy < g.ho && ox >= 0 && ox < g.wo ? gy + ((img * g.ho + oy) * g.wo + ox) * K : zero;
+          d[3 * a + b] = pixel_or(gy, img, oy, ox, g.ho, g.wo, K, zero);
         }
       transform_patch(d, Planes(V + ph * 9 * plane + t * K, plane).p, K);
     }
@@ -250,7 +251,7 @@ FASTSEG_WINOGRAD_TARGET void grad_input_transform(const float* M, const Geometry
     for (int a = 0; a < 2; ++a)
       for (int b = 0; b < 2; ++b) {
         const int64_t iy = 2 * i + a, ix = 2 * j + b;
-        y[2 * a + b] = iy < g.h && ix < g.w ? gx + ((img * g.h + iy) * g.w + ix) * C : s + (2 * a + b) * C;
+        y[2 * a + b] = pixel_or(gx, img, iy, ix, g.h, g.w, C, s + (2 * a + b) * C);
       }
     untransform_tile(Planes(const_cast<float*>(M) + t * C, plane).p, zero, false, y, C);
   }
@@ -268,7 +269,7 @@ FASTSEG_WINOGRAD_TARGET void spread_transform(const float* gy, const Geometry& g
       for (int a = 0; a < 2; ++a)
         for (int b = 0; b < 2; ++b) {
           const int64_t oy = 2 * (2 * i + a) + ph / 2, ox = 2 * (2 * j + b) + ph % 2;
-          y[2 * a + b] = oy < g.ho && ox < g.wo ? gy + ((img * g.ho + oy) * g.wo + ox) * K : zero;
+          y[2 * a + b] = pixel_or(gy, img, oy, ox, g.ho, g.wo, K, zero);
         }
       spread_tile(y, Planes(D + ph * 9 * plane + t * K, plane).p, K);
     }

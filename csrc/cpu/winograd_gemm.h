@@ -26,6 +26,13 @@ bool available();
 void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
            const float* b, int64_t ldb, float* c, int64_t ldc, float beta = 0.f);
 
+// Pixel (img, y, x) of a channels_last image [N][rows][cols][n]: its run of n channel values, or `outside`
+// where (y, x) lies outside the image (zeros for the padding, scratch for outputs past the edge).
+template <typename T>
+inline T* pixel_or(T* image, int64_t img, int64_t y, int64_t x, int64_t rows, int64_t cols, int64_t n, T* outside) {
+  return y >= 0 && y < rows && x >= 0 && x < cols ? image + ((img * rows + y) * cols + x) * n : outside;
+}
+
 // Floats from one plane of transformed tiles to the next (ld tiles of n channels): a cache line more than
 // they hold. A transform writes 9-16 planes at once; a multiple of 4 KiB apart they fell into the same
 // cache sets (benchmarks/notes/conv_transpose2d.md, section 24: a 32-channel layer 2.3 -> 0.66 ms).

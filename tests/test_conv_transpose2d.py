@@ -244,8 +244,8 @@ def test_native_k2s2_backward_in_blocks(groups, output_padding, channels_last):
     assert got[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, seed=0, kernel=3, stride=1,
-                         output_padding=0):
+def check_native_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, seed=0, kernel=3, stride=1,
+                       output_padding=0):
     """One layer (3x3 stride 1 unless told) on the native backend against fp64 PyTorch: forward and all
     gradients, on poisoned memory (fresh outputs are NaN), in PyTorch's memory format."""
     x, wt, b = make(n, cin, cout, 1, kernel, kernel, h, w, bias=bias, channels_last=channels_last, seed=seed)
@@ -271,6 +271,20 @@ def check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu,
     assert got[0].stride() == x.stride()
 
 
+@pytest.mark.parametrize("n,cin,cout,h,w,kernel,padding,output_padding", [
+    (2, 13, 7, 5, 9, 2, 0, 0),      # 13 input channels: a short panel of rows in both GEMMs; 28 columns, 90 pixels
+    (1, 40, 24, 6, 7, 2, 1, 1),     # padding and output_padding: cropped taps gathered as zeros
+    (2, 64, 72, 40, 64, 2, 0, 0),   # 288 columns (two depth blocks of 256), 80 rows in three gathered blocks
+    (1, 520, 12, 3, 5, 2, 0, 0),    # grad_input 520 columns wide: two column blocks of 512, the last 8 wide
+    (1, 16, 20, 4, 5, 3, 1, 2),     # kernel == stride == 3
+])
+def test_native_k_eq_s_channels_last_backward(n, cin, cout, h, w, kernel, padding, output_padding):
+    """The channels_last kernel == stride backward (on AVX-512 CPUs avx512::sgemm; elsewhere the BLAS) against
+    fp64 PyTorch on poisoned memory, with the edges of its tiles and blocks."""
+    check_native_layer(n, cin, cout, h, w, padding, True, True, False, kernel=kernel, stride=kernel,
+                       output_padding=output_padding)
+
+
 @pytest.mark.parametrize("n,cin,cout,h,w,padding", [
     (2, 104, 112, 9, 11, 1),      # DeconvNet's k3 s1 p1, odd output: a last tile half outside
     (1, 97, 98, 1, 1, 1),         # a one-pixel image
@@ -286,7 +300,7 @@ def test_native_winograd_3x3_layers(n, cin, cout, h, w, padding, channels_last, 
     """3x3 stride-1 layers with >= 96 channels run Winograd's F(2x2, 3x3) on the native CPU backend
     (csrc/cpu/conv_transpose2d_winograd.cpp): forward and input gradient."""
     require_backend("native", "cpu")
-    check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu)
+    check_native_layer(n, cin, cout, h, w, padding, channels_last, bias, relu)
 
 
 @pytest.mark.parametrize("n,cin,cout,h,w,padding,output_padding", [
@@ -305,8 +319,8 @@ def test_native_winograd_k4s2_layers(n, cin, cout, h, w, padding, output_padding
     """Kernel-4 stride-2 layers with >= 128 channels run Winograd's F(2x2, 2x2) on each sub-pixel phase
     (csrc/cpu/conv_transpose2d_winograd_k4s2.cpp): forward and all gradients."""
     require_backend("native", "cpu")
-    check_winograd_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, kernel=4, stride=2,
-                         output_padding=output_padding)
+    check_native_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, kernel=4, stride=2,
+                       output_padding=output_padding)
 
 
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (4, 2)])
@@ -316,7 +330,7 @@ def test_native_winograd_every_shape_when_forced(kernel, stride):
     require_backend("native", "cpu")
     code = ("import random, sys\n"
             "sys.path.insert(0, 'tests')\n"
-            "from test_conv_transpose2d import check_winograd_layer\n"
+            "from test_conv_transpose2d import check_native_layer\n"
             f"kernel, stride = {kernel}, {stride}\n"
             "rng = random.Random(kernel)\n"
             "for i in range(40):\n"
@@ -325,9 +339,9 @@ def test_native_winograd_every_shape_when_forced(kernel, stride):
             "    output_padding = (rng.randint(0, stride - 1), rng.randint(0, stride - 1))\n"
             "    if min((h - 1) * stride + kernel - 2 * padding[0], (w - 1) * stride + kernel - 2 * padding[1]) <= 0:\n"
             "        continue\n"
-            "    check_winograd_layer(rng.randint(1, 3), rng.randint(1, 20), rng.randint(1, 20), h, w, padding,\n"
-            "                         rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5, seed=i,\n"
-            "                         kernel=kernel, stride=stride, output_padding=output_padding)\n"
+            "    check_native_layer(rng.randint(1, 3), rng.randint(1, 20), rng.randint(1, 20), h, w, padding,\n"
+            "                       rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5, seed=i,\n"
+            "                       kernel=kernel, stride=stride, output_padding=output_padding)\n"
             "print('ok')\n")
     env = dict(os.environ, FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE="5", FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE="5")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,

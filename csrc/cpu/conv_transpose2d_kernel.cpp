@@ -32,6 +32,7 @@
 
 #include "conv_transpose2d.h"
 #include "packed_weights.h"
+#include "sgemm_avx512.h"
 
 namespace fastseg {
 namespace {
@@ -215,6 +216,42 @@ at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, co
   return out;
 }
 
+// The channels_last k == s backward for fp32, groups 1, on AVX-512 CPUs: the same gathered blocks, both
+// GEMMs on avx512::sgemm, each split between the threads by rows of its result (8-row panels): grad_input
+// by pixels, grad_weight by input channels. x: the input as [N*H*W, Cin]; w: weight_khwc's [Cin, k*Cout];
+// gi: grad_input as [N*H*W, Cin]; gw: [Cin, k*Cout], written. MKL's sgemm ran these at 135-190 GFLOP/s
+// (benchmarks/notes/conv_transpose2d.md, section 27).
+void shuffle_backward_nhwc_avx512(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
+                                  const ConvT2dParams& p, at::Tensor& gi, at::Tensor& gw) {
+  const int64_t kn = p.kh * p.kw * p.cout;  // columns of the gathered grad_output: (ky, kx, co)
+  // grad_input = G W^T: B(q, ci) = w[ci][q], packed once.
+  at::Tensor packed = at::empty({avx512::packed_b_size(kn, p.cin)}, x.options());
+  float* wp = packed.data_ptr<float>();
+  at::parallel_for(0, (p.cin + 31) / 32, 1, [&](int64_t begin, int64_t end) {
+    avx512::pack_b(kn, p.cin, w.data_ptr<float>(), 1, kn, wp, begin, end);
+  });
+  const int64_t rows = p.n * p.h;
+  const int64_t block = gather_block_rows(x, p.w * kn * 4, rows);
+  at::Tensor buffer = at::empty({block * p.w * kn}, x.options());
+  float* g = buffer.data_ptr<float>();
+  const float* xs = x.data_ptr<float>();
+  float* gis = gi.data_ptr<float>();
+  float* gws = gw.data_ptr<float>();
+  for (int64_t row0 = 0; row0 < rows; row0 += block) {
+    const int64_t row1 = std::min(rows, row0 + block), pix0 = row0 * p.w, npix = (row1 - row0) * p.w;
+    gather_nhwc<float>(gy.data_ptr<float>(), g, p, row0, row1, block * p.w);
+    at::parallel_for(0, (npix + 7) / 8, 1, [&](int64_t begin, int64_t end) {
+      const int64_t i0 = begin * 8, i1 = std::min(npix, end * 8);
+      avx512::sgemm(i1 - i0, p.cin, kn, g + i0 * kn, kn, 1, wp, 0, true, gis + (pix0 + i0) * p.cin, p.cin, false);
+    });
+    // grad_weight += X^T G: A(ci, pix) = x[pix][ci], B = G in place.
+    at::parallel_for(0, (p.cin + 7) / 8, 1, [&](int64_t begin, int64_t end) {
+      const int64_t c0 = begin * 8, c1 = std::min(p.cin, end * 8);
+      avx512::sgemm(c1 - c0, kn, npix, xs + pix0 * p.cin + c0, 1, p.cin, g, kn, false, gws + c0 * kn, kn, row0 > 0);
+    });
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor& grad_out, const at::Tensor& input,
                                                                 const at::Tensor& weight, const ConvT2dParams& p,
                                                                 at::MemoryFormat fmt) {
@@ -257,6 +294,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
                              .reshape({p.n * plane, p.cin});
     const at::Tensor w = weight_khwc(weight, p);
     at::Tensor gi = grad_input.permute({0, 2, 3, 1}).view({p.n * plane, p.cin});  // shares grad_input's storage
+    if (p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available()) {
+      at::Tensor gw = at::empty({p.cin, k * p.cout}, input.options());
+      shuffle_backward_nhwc_avx512(gy, x, w, p, gi, gw);
+      grad_weight = gw.view({p.cin, p.kh, p.kw, p.cout}).permute({0, 3, 1, 2}).contiguous();
+      return {grad_input, grad_weight, grad_bias};
+    }
     // Blocks of input rows across images.
     const int64_t rows = p.n * p.h;
     const int64_t block = gather_block_rows(input, p.w * k * p.cout * static_cast<int64_t>(input.element_size()), rows);

@@ -1,0 +1,143 @@
+// A single-threaded fp32 GEMM for AVX-512 CPUs (see sgemm_avx512.h).
+//
+// Why not the BLAS: ATen's sgemm (MKL) ran the kernel == stride backward's two GEMMs at 135-190 GFLOP/s on
+// this 2-core box, where a register tile reaches 200-215 (the FMA peak is ~220); and its calls each fork
+// their own threads. Here every thread runs its own slice with no fork inside (benchmarks/notes/
+// conv_transpose2d.md, section 27).
+//
+// Goto's loop order: blocks of kKC x kNC of B (512 KB, L2), and per 8 rows of A a register tile of
+// 8 x 32 of C in 16 zmm registers (the NCHW k2 s2 kernel's tile, conv_transpose2d_k2.cpp), A's 8 values
+// broadcast from wherever A lies, two vectors of B a step.
+#include "sgemm_avx512.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FASTSEG_SGEMM_AVX512 1
+#endif
+
+namespace fastseg {
+namespace avx512 {
+
+namespace {
+constexpr int64_t kMR = 8;    // rows of C in a register tile
+constexpr int64_t kNR = 32;   // columns of C in a register tile: two 16-lane vectors
+constexpr int64_t kKC = 256;  // depth of a block of B
+constexpr int64_t kNC = 512;  // columns of a block of B
+}  // namespace
+
+int64_t packed_b_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * k; }
+
+void pack_b(int64_t k, int64_t n, const float* b, int64_t b_rs, int64_t b_cs, float* packed, int64_t panel_begin,
+            int64_t panel_end) {
+  for (int64_t jp = panel_begin; jp < panel_end; ++jp) {
+    float* dst = packed + jp * k * kNR;
+    const int64_t j0 = jp * kNR, nj = std::min(kNR, n - j0);
+    for (int64_t p = 0; p < k; ++p) std::fill(dst + p * kNR + nj, dst + (p + 1) * kNR, 0.f);
+    if (b_cs == 1) {
+      for (int64_t p = 0; p < k; ++p) std::copy(b + p * b_rs + j0, b + p * b_rs + j0 + nj, dst + p * kNR);
+    } else {  // column by column: reads run along B's contiguous dimension
+      for (int64_t j = 0; j < nj; ++j) {
+        const float* src = b + (j0 + j) * b_cs;
+        for (int64_t p = 0; p < k; ++p) dst[p * kNR + j] = src[p * b_rs];
+      }
+    }
+  }
+}
+
+#ifdef FASTSEG_SGEMM_AVX512
+
+bool available() {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return avx512;
+}
+
+namespace {
+
+// C tile (rows <= 8 of it stored, columns masked by m0 | m1) (+)= A (8 x kc; A(i, p) = a[i * a_rs + p * a_cs])
+// B (kc x 32; row p at b + p * ldb). kFullB: all 32 columns of B are there (packed, or in place and not the
+// last panel); otherwise B's loads are masked too.
+template <bool kAccumulate, bool kFullB>
+__attribute__((target("avx512f"))) void tile(int64_t kc, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                                             int64_t ldb, float* c, int64_t ldc, int64_t rows, __mmask16 m0,
+                                             __mmask16 m1) {
+  __m512 acc[kMR][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < kc; ++p, a += a_cs, b += ldb) {
+    const __m512 b0 = kFullB ? _mm512_loadu_ps(b) : _mm512_maskz_loadu_ps(m0, b);
+    const __m512 b1 = kFullB ? _mm512_loadu_ps(b + 16) : _mm512_maskz_loadu_ps(m1, b + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < kMR; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i * a_rs]);
+      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < kMR; ++i) {
+    if (i >= rows) break;
+    float* ci = c + i * ldc;
+    __m512 v0 = acc[i][0], v1 = acc[i][1];
+    if (kAccumulate) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ci));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, ci + 16));
+    }
+    _mm512_mask_storeu_ps(ci, m0, v0);
+    _mm512_mask_storeu_ps(ci + 16, m1, v1);
+  }
+}
+
+using Tile = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int64_t,
+                      __mmask16, __mmask16);
+
+}  // namespace
+
+void sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
+           bool b_packed, float* c, int64_t ldc, bool accumulate) {
+  // The last (short) row panel's A, zero-padded to 8 rows: tile() reads all 8 rows of A.
+  alignas(64) float tail[kMR * kKC];
+  for (int64_t jc = 0; jc < n; jc += kNC) {
+    const int64_t nc = std::min(kNC, n - jc);
+    for (int64_t pc = 0; pc < k; pc += kKC) {
+      const int64_t kc = std::min(kKC, k - pc);
+      const bool acc = accumulate || pc > 0;
+      for (int64_t i0 = 0; i0 < m; i0 += kMR) {
+        const int64_t rows = std::min(kMR, m - i0);
+        const float* ap = a + i0 * a_rs + pc * a_cs;
+        int64_t rs = a_rs, cs = a_cs;
+        if (rows < kMR) {
+          for (int64_t p = 0; p < kc; ++p)
+            for (int64_t i = 0; i < kMR; ++i) tail[p * kMR + i] = i < rows ? ap[i * a_rs + p * a_cs] : 0.f;
+          ap = tail, rs = 1, cs = kMR;
+        }
+        for (int64_t j0 = jc; j0 < jc + nc; j0 += kNR) {
+          const int64_t cols = std::min(kNR, n - j0);
+          const __mmask16 m0 = cols >= 16 ? 0xffff : (1u << cols) - 1;
+          const __mmask16 m1 = cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0;
+          const bool full = b_packed || cols == kNR;
+          const float* bp = b_packed ? b + (j0 / kNR) * k * kNR + pc * kNR : b + pc * ldb + j0;
+          const Tile f = acc ? (full ? &tile<true, true> : &tile<true, false>)
+                             : (full ? &tile<false, true> : &tile<false, false>);
+          f(kc, ap, rs, cs, bp, b_packed ? kNR : ldb, c + i0 * ldc + j0, ldc, rows, m0, m1);
+        }
+      }
+    }
+  }
+}
+
+#else
+
+bool available() { return false; }
+
+void sgemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, bool, float*, int64_t,
+           bool) {
+  throw std::logic_error("fastseg: avx512::sgemm called on a CPU without AVX-512 (check avx512::available())");
+}
+
+#endif
+
+}  // namespace avx512
+}  // namespace fastseg

@@ -278,10 +278,12 @@ def check_native_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, s
     (1, 520, 12, 3, 5, 2, 0, 0),    # grad_input 520 columns wide: two column blocks of 512, the last 8 wide
     (1, 16, 20, 4, 5, 3, 1, 2),     # kernel == stride == 3
 ])
-def test_native_k_eq_s_channels_last_backward(n, cin, cout, h, w, kernel, padding, output_padding):
-    """The channels_last kernel == stride backward (on AVX-512 CPUs avx512::sgemm; elsewhere the BLAS) against
-    fp64 PyTorch on poisoned memory, with the edges of its tiles and blocks."""
-    check_native_layer(n, cin, cout, h, w, padding, True, True, False, kernel=kernel, stride=kernel,
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "NCHW"])
+def test_native_k_eq_s_backward_edges(n, cin, cout, h, w, kernel, padding, output_padding, channels_last):
+    """The kernel == stride backward (on AVX-512 CPUs avx512::sgemm; elsewhere the BLAS) against fp64 PyTorch
+    on poisoned memory, with the edges of its tiles and blocks. In NCHW these layers (<= 64 channels on a
+    side) take it too; there 40 rows of 64 columns make two blocks an image."""
+    check_native_layer(n, cin, cout, h, w, padding, channels_last, True, False, kernel=kernel, stride=kernel,
                        output_padding=output_padding)
 
 

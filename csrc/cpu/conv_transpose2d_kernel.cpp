@@ -252,6 +252,47 @@ void shuffle_backward_nhwc_avx512(const at::Tensor& gy, const at::Tensor& x, con
   }
 }
 
+// The NCHW k == s backward for fp32, groups 1, on AVX-512 CPUs: blocks of one image's input rows gathered
+// as G [k*Cout, pixels] (gather_nchw), grad_input = W G split between the threads by input channels,
+// grad_weight^T += G X^T by rows of (co, ky, kx), X's block packed first (both of its operands are
+// pixel-contiguous). x: the input (contiguous); w: [Cin, Cout * k]; gi: grad_input (contiguous); gwt:
+// [k*Cout, Cin], written.
+void shuffle_backward_nchw_avx512(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
+                                  const ConvT2dParams& p, at::Tensor& gi, at::Tensor& gwt) {
+  const int64_t kn = p.kh * p.kw * p.cout, plane = p.h * p.w;
+  const int64_t block = gather_block_rows(x, kn * p.w * 4, p.h);
+  at::Tensor buffer = at::empty({kn * block * p.w}, x.options());
+  at::Tensor packed = at::empty({avx512::packed_b_size(block * p.w, p.cin)}, x.options());
+  at::Tensor packed_g = at::empty({avx512::packed_b_size(kn, block * p.w)}, x.options());
+  float* g = buffer.data_ptr<float>();
+  float* xp = packed.data_ptr<float>();
+  float* gp = packed_g.data_ptr<float>();
+  const float* ws = w.data_ptr<float>();
+  float* gws = gwt.data_ptr<float>();
+  for (int64_t n = 0; n < p.n; ++n) {
+    const float* xn = x.data_ptr<float>() + n * p.cin * plane;
+    float* gin = gi.data_ptr<float>() + n * p.cin * plane;
+    for (int64_t iy0 = 0; iy0 < p.h; iy0 += block) {
+      const int64_t iy1 = std::min(p.h, iy0 + block), pix0 = iy0 * p.w, npix = (iy1 - iy0) * p.w;
+      gather_nchw<float>(gy.data_ptr<float>() + n * p.cout * p.ho * p.wo, g, p, iy0, iy1);
+      at::parallel_for(0, (npix + 31) / 32, 1, [&](int64_t begin, int64_t end) {
+        avx512::pack_b(kn, npix, g, npix, 1, gp, begin, end);
+      });
+      at::parallel_for(0, (p.cin + 7) / 8, 1, [&](int64_t begin, int64_t end) {
+        const int64_t c0 = begin * 8, c1 = std::min(p.cin, end * 8);
+        avx512::sgemm(c1 - c0, npix, kn, ws + c0 * kn, kn, 1, gp, 0, true, gin + c0 * plane + pix0, plane, false);
+        // X^T of the block (B(pix, ci) = x[ci][pix]) packed by the same threads: their panels of 32 channels.
+        avx512::pack_b(npix, p.cin, xn + pix0, 1, plane, xp, c0 / 32 + (c0 % 32 != 0), (c1 + 31) / 32);
+      });
+      at::parallel_for(0, (kn + 7) / 8, 1, [&](int64_t begin, int64_t end) {
+        const int64_t q0 = begin * 8, q1 = std::min(kn, end * 8);
+        avx512::sgemm(q1 - q0, p.cin, npix, g + q0 * npix, npix, 1, xp, 0, true, gws + q0 * p.cin, p.cin,
+                      n > 0 || iy0 > 0);
+      });
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor& grad_out, const at::Tensor& input,
                                                                 const at::Tensor& weight, const ConvT2dParams& p,
                                                                 at::MemoryFormat fmt) {
@@ -263,6 +304,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     const at::Tensor gy = grad_out.contiguous();
     const at::Tensor x = input.contiguous();
     const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
+    if (p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available()) {
+      at::Tensor gwt = at::empty({p.cout * k, p.cin}, input.options());
+      shuffle_backward_nchw_avx512(gy, x, w, p, grad_input, gwt);
+      grad_weight = gwt.view({p.cout, p.kh, p.kw, p.cin}).permute({3, 0, 1, 2}).contiguous();
+      return {grad_input, grad_weight, grad_bias};
+    }
     // Blocks of one image's input rows (fp16/bf16: the whole image; the images' weight gradients are
     // summed in 16 bits as before).
     const int64_t block =

@@ -97,6 +97,10 @@ using Tile = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int
 
 void sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
            bool b_packed, float* c, int64_t ldc, bool accumulate) {
+  if (k == 0 && !accumulate) {  // an empty sum (no channels to reduce): C = 0
+    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
+    return;
+  }
   // The last (short) row panel's A, zero-padded to 8 rows: tile() reads all 8 rows of A.
   alignas(64) float tail[kMR * kKC];
   for (int64_t jc = 0; jc < n; jc += kNC) {

@@ -140,6 +140,65 @@ def test_bf16_is_rounded_to_nearest(backend_name, channels_last):
     assert torch.equal(out, exact.to(torch.bfloat16))
 
 
+def assert_rounded_once(out, exact, pytorch):
+    """Each element of a 16-bit result within the rounding of the exact one: equal to it rounded once, or
+    no further from it than PyTorch's own (PyTorch's CPU fp16 routine rounds twice; its bf16 one once)."""
+    assert out.dtype == pytorch.dtype and out.shape == exact.shape
+    if out.dtype == torch.bfloat16:
+        assert torch.equal(pytorch, exact.to(out.dtype))  # what makes "rounded once" PyTorch's behaviour
+    assert ((out.double() - exact).abs() <= (pytorch.double() - exact).abs()).all(), (out, pytorch, exact)
+    assert torch.equal(out, exact.to(out.dtype)) or not torch.equal(pytorch, exact.to(out.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 1), (4, 2)])
+def test_reduced_precision_output_is_rounded_once(backend_name, dtype, channels_last, kernel, stride):
+    """fp16/bf16 outputs: the sum 0.5 + 2^-12 is exact in fp32 but not in 16 bits, so rounding it before
+    adding the bias -0.5 gives 0 where the answer is 2^-12."""
+    require_backend(backend_name, "cpu")
+    x = torch.ones(2, 2, 3, 4, dtype=dtype)
+    w = torch.zeros(2, 3, kernel, kernel, dtype=dtype)
+    w[0, :, 0, 0], w[1, :, 0, 0] = 0.5, 2.0 ** -12  # one tap: each output pixel gets one product a channel
+    b = torch.full((3,), -0.5, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    exact = F.conv_transpose2d(x.double(), w.double(), b.double(), stride=stride)
+    assert (exact == 2.0 ** -12).any()
+    pytorch = F.conv_transpose2d(x, w, b, stride=stride)
+    for relu in (False, True):
+        with fastseg.use_backend(backend_name):
+            out = fastseg.ops.conv_transpose2d(x, w, b, stride=stride, activation="relu" if relu else None)
+        assert_rounded_once(out, exact.relu() if relu else exact, pytorch.relu() if relu else pytorch)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+def test_reduced_precision_weight_gradient_is_rounded_once(backend_name, dtype, channels_last):
+    """fp16/bf16 weight and bias gradients: 1 followed by eight terms under half an ulp each sums to
+    1 + 8 * small, which a 16-bit running sum leaves at 1."""
+    require_backend(backend_name, "cpu")
+    small = 2.0 ** (-12 if dtype == torch.float16 else -9)
+    grad = torch.full((9, 1, 2, 2), small, dtype=dtype)
+    grad[0] = 1.0
+
+    def gradients(conv, dtype):
+        x = torch.ones(9, 1, 1, 1, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        leaves = [x.requires_grad_(), torch.ones(1, 1, 2, 2, dtype=dtype, requires_grad=True),
+                  torch.zeros(1, dtype=dtype, requires_grad=True)]
+        conv(*leaves, stride=2).backward(grad.to(dtype))
+        return [t.grad for t in leaves]
+
+    exact = gradients(F.conv_transpose2d, torch.float64)
+    assert exact[1].flatten()[0] == 1 + 8 * small
+    with fastseg.use_backend(backend_name):
+        ours = gradients(fastseg.ops.conv_transpose2d, dtype)
+    for out, ex, pt in zip(ours, exact, gradients(F.conv_transpose2d, dtype)):
+        assert_rounded_once(out, ex, pt)
+
+
 def test_output_padding_region_is_written(backend_name):
     """Pixels no tap reaches (added by output_padding) hold the bias: poison the allocator first."""
     require_backend(backend_name, "cpu")

@@ -7,7 +7,8 @@
 // through ATen's BLAS (at::mm: MKL/oneDNN sgemm), followed by a parallel pixel-shuffle-like scatter
 // that fuses the crop of `padding`, the rows added by `output_padding`, the bias and the ReLU. There is
 // no zero-insertion and no col2im accumulation. The backward gathers grad_output into the same [pixel,
-// (ky, kx, co)] matrix and runs two GEMMs: grad_input = G @ W^T, grad_weight = X^T @ G.
+// (ky, kx, co)] matrix and runs two GEMMs: grad_input = G @ W^T, grad_weight = X^T @ G (fp32 on AVX-512:
+// our own sgemm, csrc/cpu/sgemm_avx512.cpp, faster than the BLAS's on these shapes).
 //
 // Other kernels on layers with <= 64 channels (FCN's k4 s2 p1 and k16 s8 p4 score upsampling, fp32,
 // groups 1, no dilation): the direct AVX-512 kernels of conv_transpose2d_direct.cpp, forward and backward.
@@ -169,11 +170,17 @@ void gather_nhwc(const T* gy, T* g, const ConvT2dParams& p, int64_t row0, int64_
 // How many of `rows` input rows (of `row_bytes` gathered grad_output each) the k == s backward gathers at
 // a time: ~2 MB, which stays in cache from the gather to both GEMMs, in one buffer reused block after
 // block (the whole gathered grad_output at once, 16.8 MB on U-Net's 128 -> 64 layer, was a fresh mmap
-// that page-faulted in on every call). fp16/bf16 take all rows: the weight gradient would otherwise be
-// summed block by block in 16 bits.
-int64_t gather_block_rows(const at::Tensor& input, int64_t row_bytes, int64_t rows) {
-  const bool fp = input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble;
-  return fp ? std::clamp<int64_t>((int64_t(2) << 20) / row_bytes, 1, rows) : rows;
+// that page-faulted in on every call).
+int64_t gather_block_rows(int64_t row_bytes, int64_t rows) {
+  return std::clamp<int64_t>((int64_t(2) << 20) / row_bytes, 1, rows);
+}
+
+// The k == s route runs fp16/bf16 in fp32 and rounds each result once, as PyTorch's oneDNN routine
+// does: a 16-bit GEMM result rounded before the bias is added loses what the bias cancels (0.5 + 2^-12
+// rounds to 0.5, and the bias -0.5 then leaves 0, not 2^-12), and a weight gradient summed block by
+// block in 16 bits loses the small blocks.
+bool reduced_precision(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16;
 }
 
 // weight [Cin, Cout_g, kh, kw] -> [groups, Cin_g, kh * kw * Cout_g] (the channels_last GEMM's B).
@@ -184,6 +191,11 @@ at::Tensor weight_khwc(const at::Tensor& weight, const ConvT2dParams& p) {
 
 at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            const ConvT2dParams& p, bool relu, at::MemoryFormat fmt) {
+  if (reduced_precision(input)) {
+    const c10::optional<at::Tensor> b32 =
+        bias.has_value() && bias->defined() ? c10::optional<at::Tensor>(bias->to(at::kFloat)) : c10::nullopt;
+    return shuffle_forward(input.to(at::kFloat), weight.to(at::kFloat), b32, p, relu, fmt).to(input.scalar_type());
+  }
   const int64_t k = p.kh * p.kw, plane = p.h * p.w;
   at::Tensor out = at::empty({p.n, p.cout, p.ho, p.wo}, input.options().memory_format(fmt));
   if (out.numel() == 0) return out;
@@ -206,7 +218,7 @@ at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, co
     for (int64_t g = 0; g < p.groups; ++g)
       mm_into(y[g], p.groups == 1 ? x : x.narrow(1, g * p.cin_g, p.cin_g), w[g]);
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d_cpu", [&] {
     const scalar_t* bp = b.defined() ? b.data_ptr<scalar_t>() : nullptr;
     if (fmt == at::MemoryFormat::Contiguous)
       scatter_nchw<scalar_t>(y.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(), p, relu);
@@ -231,7 +243,7 @@ void shuffle_backward_nhwc_avx512(const at::Tensor& gy, const at::Tensor& x, con
     avx512::pack_b(kn, p.cin, w.data_ptr<float>(), 1, kn, wp, begin, end);
   });
   const int64_t rows = p.n * p.h;
-  const int64_t block = gather_block_rows(x, p.w * kn * 4, rows);
+  const int64_t block = gather_block_rows(p.w * kn * 4, rows);
   at::Tensor buffer = at::empty({block * p.w * kn}, x.options());
   float* g = buffer.data_ptr<float>();
   const float* xs = x.data_ptr<float>();
@@ -260,7 +272,7 @@ void shuffle_backward_nhwc_avx512(const at::Tensor& gy, const at::Tensor& x, con
 void shuffle_backward_nchw_avx512(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
                                   const ConvT2dParams& p, at::Tensor& gi, at::Tensor& gwt) {
   const int64_t kn = p.kh * p.kw * p.cout, plane = p.h * p.w;
-  const int64_t block = gather_block_rows(x, kn * p.w * 4, p.h);
+  const int64_t block = gather_block_rows(kn * p.w * 4, p.h);
   at::Tensor buffer = at::empty({kn * block * p.w}, x.options());
   at::Tensor packed = at::empty({avx512::packed_b_size(block * p.w, p.cin)}, x.options());
   at::Tensor packed_g = at::empty({avx512::packed_b_size(kn, block * p.w)}, x.options());
@@ -296,6 +308,11 @@ void shuffle_backward_nchw_avx512(const at::Tensor& gy, const at::Tensor& x, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor& grad_out, const at::Tensor& input,
                                                                 const at::Tensor& weight, const ConvT2dParams& p,
                                                                 at::MemoryFormat fmt) {
+  if (reduced_precision(input)) {
+    auto r = shuffle_backward(grad_out.to(at::kFloat), input.to(at::kFloat), weight.to(at::kFloat), p, fmt);
+    return {std::get<0>(r).to(input.scalar_type()), std::get<1>(r).to(weight.scalar_type()),
+            std::get<2>(r).to(input.scalar_type())};
+  }
   const int64_t k = p.kh * p.kw, plane = p.h * p.w;
   at::Tensor grad_bias = grad_out.sum({0, 2, 3});
   at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));
@@ -310,10 +327,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
       grad_weight = gwt.view({p.cout, p.kh, p.kw, p.cin}).permute({3, 0, 1, 2}).contiguous();
       return {grad_input, grad_weight, grad_bias};
     }
-    // Blocks of one image's input rows (fp16/bf16: the whole image; the images' weight gradients are
-    // summed in 16 bits as before).
-    const int64_t block =
-        gather_block_rows(input, p.cout * k * p.w * static_cast<int64_t>(input.element_size()), p.h);
+    // Blocks of one image's input rows.
+    const int64_t block = gather_block_rows(p.cout * k * p.w * static_cast<int64_t>(input.element_size()), p.h);
     at::Tensor g = at::empty({p.cout * k * block * p.w}, input.options());  // [Cout * k, rows * W] per block
     grad_weight = at::zeros({p.cin, p.cout_g * k}, input.options());
     for (int64_t n = 0; n < p.n; ++n) {
@@ -321,8 +336,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
       const at::Tensor gin = grad_input[n].view({p.cin, plane});
       for (int64_t iy0 = 0; iy0 < p.h; iy0 += block) {
         const int64_t iy1 = std::min(p.h, iy0 + block), npix = (iy1 - iy0) * p.w;
-        AT_DISPATCH_FLOATING_TYPES_AND2(
-            at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
+        AT_DISPATCH_FLOATING_TYPES(
+            input.scalar_type(), "conv_transpose2d_backward_cpu",
             [&] { gather_nchw<scalar_t>(gy[n].data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p, iy0, iy1); });
         const at::Tensor gb = g.narrow(0, 0, p.cout * k * npix).view({p.cout * k, npix});
         const at::Tensor xb = xn.narrow(1, iy0 * p.w, npix);
@@ -349,12 +364,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     }
     // Blocks of input rows across images.
     const int64_t rows = p.n * p.h;
-    const int64_t block = gather_block_rows(input, p.w * k * p.cout * static_cast<int64_t>(input.element_size()), rows);
+    const int64_t block = gather_block_rows(p.w * k * p.cout * static_cast<int64_t>(input.element_size()), rows);
     at::Tensor g = at::empty({p.groups, block * p.w, k * p.cout_g}, input.options());
     at::Tensor gw = at::zeros({p.groups, p.cin_g, k * p.cout_g}, input.options());
     for (int64_t row0 = 0; row0 < rows; row0 += block) {
       const int64_t row1 = std::min(rows, row0 + block), pix0 = row0 * p.w, npix = (row1 - row0) * p.w;
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "conv_transpose2d_backward_cpu",
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "conv_transpose2d_backward_cpu",
                                       [&] {
                                         gather_nhwc<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p,
                                                               row0, row1, block * p.w);
@@ -373,7 +388,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     grad_weight = gw.view({p.groups, p.cin_g, p.kh, p.kw, p.cout_g}).permute({0, 1, 4, 2, 3})
                       .reshape({p.cin, p.cout_g, p.kh, p.kw});
   }
-  return {grad_input, grad_weight.to(weight.scalar_type()), grad_bias};
+  return {grad_input, grad_weight, grad_bias};
 }
 
 // How a call runs (measured in benchmarks/notes/conv_transpose2d.md):
@@ -391,9 +406,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 // - forward, NCHW, other kernels: oneDNN's NCHW deconvolution is much slower than its channels_last one
 //   on layers with few channels, more than the two layout copies cost, so those run in channels_last
 //   and are copied back; wide layers run oneDNN's NCHW directly.
-// - backward, kernel == stride: our gather + two GEMMs in cache-sized blocks, channels_last (1.0-1.3x
-//   oneDNN) and NCHW with <= 64 channels on a side (U-Net 128 -> 64); oneDNN on wider NCHW layers (the
-//   gather + GEMMs measured 0.8-1.0x of it there). Other backward: oneDNN (at::convolution_backward),
+// - backward, kernel == stride: our gather + two GEMMs in cache-sized blocks (fp32 on AVX-512 CPUs:
+//   avx512::sgemm), channels_last (1.1-1.9x oneDNN's backward) and NCHW with <= 64 channels on a side
+//   (U-Net 128 -> 64); oneDNN on wider NCHW layers (parity with avx512::sgemm, 0.8x on 8x8 images, whose
+//   blocks hold one image each: section 27). Other backward: oneDNN (at::convolution_backward),
 //   through channels_last on few-channel NCHW layers as in the forward.
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd };
 

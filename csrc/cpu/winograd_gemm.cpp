@@ -4,6 +4,9 @@
 #include <dlfcn.h>
 
 #include <memory>
+#include <vector>
+
+#include "sgemm_avx512.h"
 
 namespace fastseg {
 namespace winograd {
@@ -36,6 +39,21 @@ bool available() {
 
 void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
            const float* b, int64_t ldb, float* c, int64_t ldc, float beta) {
+  if (avx512::available() && (beta == 0.f || beta == 1.f)) {
+    // Column-major C (m x n) is row-major C^T (n x m, rows ldc apart), and C^T = op(B)^T op(A)^T:
+    // avx512::sgemm's A is op(B)^T through its strides, its B is op(A)^T, read in place when A is not
+    // transposed (rows lda apart) and packed when it is.
+    const int64_t a_rs = transpose_b ? 1 : ldb, a_cs = transpose_b ? ldb : 1;
+    if (!transpose_a) {
+      avx512::sgemm(n, m, k, b, a_rs, a_cs, a, lda, false, c, ldc, beta == 1.f);
+    } else {
+      thread_local std::vector<float> packed;
+      packed.resize(avx512::packed_b_size(k, m));
+      avx512::pack_b(k, m, a, 1, lda, packed.data(), 0, (m + 31) / 32);
+      avx512::sgemm(n, m, k, b, a_rs, a_cs, packed.data(), 0, true, c, ldc, beta == 1.f);
+    }
+    return;
+  }
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int la = static_cast<int>(lda), lb = static_cast<int>(ldb), lc = static_cast<int>(ldc);
   const float one = 1.f;

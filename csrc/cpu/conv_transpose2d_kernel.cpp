@@ -408,8 +408,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   and are copied back; wide layers run oneDNN's NCHW directly.
 // - backward, kernel == stride: our gather + two GEMMs in cache-sized blocks (fp32 on AVX-512 CPUs:
 //   avx512::sgemm), channels_last (1.1-1.9x oneDNN's backward) and NCHW with <= 64 channels on a side
-//   (U-Net 128 -> 64); oneDNN on wider NCHW layers (parity with avx512::sgemm, 0.8x on 8x8 images, whose
-//   blocks hold one image each: section 27). Other backward: oneDNN (at::convolution_backward),
+//   (U-Net 128 -> 64) or, fp32 on AVX-512, images of >= 256 pixels (1.1-1.2x on the Zen 5 box); oneDNN on
+//   the other NCHW layers (0.57x on 8x8 images, whose blocks hold one image each: sections 27-28). Other
+//   backward: oneDNN (at::convolution_backward),
 //   through channels_last on few-channel NCHW layers as in the forward.
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd };
 
@@ -477,6 +478,16 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
+// Wide NCHW k == s layers whose backward beats oneDNN's on avx512::sgemm (shuffle_backward_nchw_avx512), measured
+// on the Zen 5 box (benchmarks/notes/conv_transpose2d.md, section 28): images of >= 256 pixels, 1.1-1.2x
+// oneDNN's backward with 128-256 channels; on 8x8 images (blocks of 64 pixels, the weight gradient's GEMMs
+// 64 deep) 0.57x.
+constexpr int64_t kShuffleBackwardMinPixelsNchw = 256;
+bool nchw_shuffle_backward_avx512(const at::Tensor& input, const ConvT2dParams& p) {
+  return p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available() &&
+         p.h * p.w >= kShuffleBackwardMinPixelsNchw;
+}
+
 Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force >= 0) return static_cast<Route>(force);
@@ -486,9 +497,11 @@ Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::Memory
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
   // costs. NCHW k == s (U-Net): our gather + GEMMs in row blocks on layers with <= 64 channels on a
-  // side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the harness), oneDNN's NCHW backward on wider ones
-  // (256 -> 128: 20.4 vs 24-27 ms; the round trip through channels_last was slower still).
-  if (p.shuffle()) return std::min(p.cin, p.cout) <= 64 ? Route::kShuffle : Route::kOneDnn;
+  // side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the harness) and on wider ones with avx512::sgemm's GEMMs
+  // where the images are large enough; oneDNN's NCHW backward on the others (with the BLAS's GEMMs,
+  // 256 -> 128: 20.4 vs 24-27 ms; the round trip through channels_last was slower still).
+  if (p.shuffle())
+    return std::min(p.cin, p.cout) <= 64 || nchw_shuffle_backward_avx512(input, p) ? Route::kShuffle : Route::kOneDnn;
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 

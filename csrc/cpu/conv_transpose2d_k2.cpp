@@ -13,7 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-
+#include <vector>
 
 #include "conv_transpose2d.h"
 
@@ -56,13 +56,20 @@ __attribute__((target("avx512f"))) inline void store_pair(__m512 e0, __m512 e1, 
 // [Cout/2][K][8]; X: the image [K, P]; out: the image's output [Cout, 2H, 2W].
 __attribute__((target("avx512f"))) void pixel_tile(const float* A, const float* X, const float* bias, float* out,
                                                    int64_t K, int64_t P, int64_t W, int64_t mb0, int64_t mb1,
-                                                   int64_t p0, bool relu) {
+                                                   int64_t p0, bool relu, float* xt) {
+  // The tile's [K][32] block of X copied together first: in place its rows lie P floats apart, a multiple
+  // of 4 KiB on the U-Net and Hourglass images (P = 256-4096), so they all fell into the same few cache
+  // sets and were read again from L2/L3 for every channel pair (benchmarks/notes/conv_transpose2d.md, section 28).
+  for (int64_t k = 0; k < K; ++k) {
+    _mm512_storeu_ps(xt + k * kNR, _mm512_loadu_ps(X + k * P + p0));
+    _mm512_storeu_ps(xt + k * kNR + 16, _mm512_loadu_ps(X + k * P + p0 + 16));
+  }
   for (int64_t mb = mb0; mb < mb1; ++mb) {
     const float* a = A + mb * K * kMR;
-    const float* b = X + p0;
+    const float* b = xt;
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
            c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
-    for (int64_t k = 0; k < K; ++k, b += P, a += kMR) {
+    for (int64_t k = 0; k < K; ++k, b += kNR, a += kMR) {
       const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #define FASTSEG_ROW(r)                               \
   {                                                  \
@@ -122,10 +129,11 @@ bool conv_transpose2d_k2_nchw(const at::Tensor& input, const at::Tensor& weight,
   const int64_t tiles = P / kNR, pairs = p.cout / 2;
   const int64_t chunk = std::max<int64_t>(1, (256 << 10) / (K * kMR * 4)), chunks = (pairs + chunk - 1) / chunk;
   at::parallel_for(0, chunks * p.n * tiles, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> xt(K * kNR);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t mc = t / (p.n * tiles), rest = t % (p.n * tiles), n = rest / tiles, p0 = (rest % tiles) * kNR;
       const int64_t mb0 = mc * chunk, mb1 = std::min(pairs, mb0 + chunk);
-      pixel_tile(A, x + n * K * P, bp, o + n * p.cout * 4 * P, K, P, p.w, mb0, mb1, p0, relu);
+      pixel_tile(A, x + n * K * P, bp, o + n * p.cout * 4 * P, K, P, p.w, mb0, mb1, p0, relu, xt.data());
     }
   });
   return true;

@@ -57,15 +57,18 @@ def repetitions(quick: bool) -> tuple[float, int, int]:
 def time_pair(case: Case, fn_a: Callable, fn_b: Callable, quick: bool) -> tuple[list[float], list[float]]:
     """Alternate runs of fn_a and fn_b, each repetition on the next of three input sets (so that a
     memory-bound kernel is not flattered by a warm cache), synchronising the GPU inside the timed
-    region. Returns both lists of seconds."""
-    inputs = [case.make(seed) for seed in range(3)]
-    fn_a(*inputs[0]), fn_b(*inputs[0])  # warm-up: first-call costs (allocation, autotuning, imports)
+    region. Each side has its own copies of the three sets: sharing them, fn_b read every input right
+    after fn_a had brought it into the cache (8 MB inputs measured 3-5% faster for whichever side ran
+    second: notes/conv_transpose2d.md, section 28). Returns both lists of seconds."""
+    inputs_a = [case.make(seed) for seed in range(3)]
+    inputs_b = [case.make(seed) for seed in range(3)]
+    fn_a(*inputs_a[0]), fn_b(*inputs_b[0])  # warm-up: first-call costs (allocation, autotuning, imports)
     sync(case.device)
     budget, min_reps, max_reps = repetitions(quick)
     times_a, times_b = [], []
     start = time.perf_counter()
     while True:
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+        for fn, times, inputs in ((fn_a, times_a, inputs_a), (fn_b, times_b, inputs_b)):
             args = inputs[len(times) % len(inputs)]
             sync(case.device)
             t0 = time.perf_counter()

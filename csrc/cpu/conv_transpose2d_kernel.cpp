@@ -409,9 +409,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 // - backward, kernel == stride: our gather + two GEMMs in cache-sized blocks (fp32 on AVX-512 CPUs:
 //   avx512::sgemm), channels_last (1.1-1.9x oneDNN's backward) and NCHW with <= 64 channels on a side
 //   (U-Net 128 -> 64) or, fp32 on AVX-512, images of >= 256 pixels (1.1-1.2x on the Zen 5 box); oneDNN on
-//   the other NCHW layers (0.57x on 8x8 images, whose blocks hold one image each: sections 27-28). Other
-//   backward: oneDNN (at::convolution_backward),
-//   through channels_last on few-channel NCHW layers as in the forward.
+//   the other NCHW layers (0.57x on 8x8 images, whose blocks hold one image each: sections 27-28).
+//   Other backward: oneDNN (at::convolution_backward), through channels_last on few-channel NCHW layers
+//   as in the forward.
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd };
 
 constexpr int64_t kDirectMaxChannels = 64;

@@ -4,7 +4,6 @@
 #include <dlfcn.h>
 
 #include <memory>
-#include <vector>
 
 #include "sgemm_avx512.h"
 
@@ -47,10 +46,9 @@ void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, 
     if (!transpose_a) {
       avx512::sgemm(n, m, k, b, a_rs, a_cs, a, lda, false, c, ldc, beta == 1.f);
     } else {
-      thread_local std::vector<float> packed;
-      packed.resize(avx512::packed_b_size(k, m));
-      avx512::pack_b(k, m, a, 1, lda, packed.data(), 0, (m + 31) / 32);
-      avx512::sgemm(n, m, k, b, a_rs, a_cs, packed.data(), 0, true, c, ldc, beta == 1.f);
+      float* packed = workspace(2, avx512::packed_b_size(k, m));  // up to a few MB, kept like the others
+      avx512::pack_b(k, m, a, 1, lda, packed, 0, (m + 31) / 32);
+      avx512::sgemm(n, m, k, b, a_rs, a_cs, packed, 0, true, c, ldc, beta == 1.f);
     }
     return;
   }
@@ -67,8 +65,8 @@ namespace {
 // (benchmarks/notes/conv_transpose2d.md, section 17): measured 5.2 ms instead of 1.7 ms for a 512-channel
 // 3x3 weight, and it slowed oneDNN's weight gradient run next to it by 4 ms.
 struct Workspaces {
-  std::unique_ptr<float[]> buffers[2];
-  int64_t sizes[2] = {0, 0};
+  std::unique_ptr<float[]> buffers[3];
+  int64_t sizes[3] = {0, 0, 0};
 };
 Workspaces& workspaces() {
   thread_local Workspaces w;
@@ -89,8 +87,8 @@ float* workspace(int slot, int64_t n) {
 
 int64_t release_workspaces() {
   Workspaces& w = workspaces();
-  const int64_t bytes = (w.sizes[0] + w.sizes[1]) * static_cast<int64_t>(sizeof(float));
-  for (int slot = 0; slot < 2; ++slot) {
+  const int64_t bytes = (w.sizes[0] + w.sizes[1] + w.sizes[2]) * static_cast<int64_t>(sizeof(float));
+  for (int slot = 0; slot < 3; ++slot) {
     w.buffers[slot].reset();
     w.sizes[slot] = 0;
   }

@@ -1,5 +1,6 @@
-// What the Winograd routes share (csrc/cpu/winograd_gemm.cpp): the BLAS sgemm they run their transformed
-// products on, per-thread workspaces and the compiler target of their transform loops.
+// What the Winograd routes share (csrc/cpu/winograd_gemm.cpp): the sgemm they run their transformed
+// products on (fastseg's AVX-512 one where the CPU has AVX-512, else the BLAS's), per-thread workspaces
+// and the compiler target of their transform loops.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -39,7 +40,8 @@ inline T* pixel_or(T* image, int64_t img, int64_t y, int64_t x, int64_t rows, in
 inline int64_t plane_stride(int64_t ld, int64_t n) { return ld * n + 16; }
 
 // A buffer of at least n floats, kept by the calling thread and reused by its next calls. Slot 0: a
-// block's transformed tiles; slot 1: a transformed weight (or its gradient) that is not cached.
+// block's transformed tiles; slot 1: a transformed weight (or its gradient) that is not cached; slot 2:
+// sgemm's packed copy of a transposed A (on AVX-512 CPUs).
 float* workspace(int slot, int64_t n);
 
 // Frees the calling thread's workspaces (fastseg.ops.empty_cache); returns the bytes they held.

@@ -189,6 +189,59 @@ at::Tensor weight_khwc(const at::Tensor& weight, const ConvT2dParams& p) {
       .view({p.groups, p.cin_g, p.kh * p.kw * p.cout_g});
 }
 
+// The channels_last k == s forward for fp32, groups 1, no padding or output_padding, on AVX-512 CPUs, widths a
+// multiple of 8: for each tap row ky, ONE GEMM of the input's pixels [N*H*W, Cin] by the weight's columns
+// [Cin, (kx, co)], each input row's W pixels stored straight into output row iy * kh + ky (the kw * Cout
+// values of a pixel are contiguous there), bias and ReLU on the store (avx512::sgemm_rows). oneDNN's
+// deconvolution ran 7-15% below its own 1x1 convolution of the same GEMM on the Zen 5 box
+// (benchmarks/notes/conv_transpose2d.md, section 29). Returns false where it does not fit.
+// Images up to 32 pixels wide: there it read 1.09-1.34x of oneDNN; on 64-pixel-wide ones 0.88-1.0x
+// (section 29), which keep oneDNN's routine.
+constexpr int64_t kShuffleForwardMaxWidthNhwc = 32;
+bool shuffle_forward_nhwc_avx512_fits(const at::Tensor& input, const ConvT2dParams& p) {
+  return p.shuffle() && p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available() && p.ph == 0 &&
+         p.pw == 0 && p.oph == 0 && p.opw == 0 && p.w % 8 == 0 && p.w <= kShuffleForwardMaxWidthNhwc;
+}
+bool shuffle_forward_nhwc_avx512(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b,
+                                 const ConvT2dParams& p, bool relu, at::Tensor& out) {
+  if (!shuffle_forward_nhwc_avx512_fits(input, p)) return false;
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);  // [N*H*W, Cin]
+  const at::Tensor wk = weight_khwc(weight, p);                           // [Cin, (ky, kx, co)]
+  const int64_t nk = p.kw * p.cout, kn = p.kh * nk, panel = avx512::packed_b_size(p.cin, nk);
+  at::Tensor packed = at::empty({p.kh * panel}, x.options());
+  float* bp = packed.data_ptr<float>();
+  const float* ws = wk.data_ptr<float>();
+  const int64_t panels = (nk + 31) / 32;
+  at::parallel_for(0, p.kh * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {  // B of tap row ky: columns [ky * nk, (ky + 1) * nk) of wk
+      const int64_t ky = t / panels, j = t % panels;
+      avx512::pack_b(p.cin, nk, ws + ky * nk, kn, 1, bp + ky * panel, j, j + 1);
+    }
+  });
+  std::vector<float> bias_k;  // bias[(kx, co)] = bias[co]
+  if (b.defined())
+    for (int64_t kx = 0; kx < p.kw; ++kx) bias_k.insert(bias_k.end(), b.data_ptr<float>(), b.data_ptr<float>() + p.cout);
+  const float* xs = x.data_ptr<float>();
+  float* os = out.data_ptr<float>();
+  const int64_t out_row = p.wo * p.cout;  // floats in one output row
+  // Blocks of ~256 KB of input rows, every tap row of a block while it is in L2: tap row by tap row over a
+  // thread's whole share read its input from memory once per tap row (U-Net 128 -> 64, 4 MB a thread:
+  // 0.82-0.88x of oneDNN; section 29).
+  const int64_t block = std::max<int64_t>(1, (int64_t(256) << 10) / (p.w * p.cin * 4));
+  at::parallel_for(0, p.n * p.h, 1, [&](int64_t begin, int64_t end) {  // input rows (n, iy)
+    for (int64_t r0 = begin; r0 < end; r0 += block) {
+      const int64_t r1 = std::min(end, r0 + block);
+      for (int64_t ky = 0; ky < p.kh; ++ky) {
+        avx512::Rows rows{os + (r0 * p.kh + ky) * out_row, nk, p.w, p.kh * out_row,
+                          bias_k.empty() ? nullptr : bias_k.data(), relu};
+        avx512::sgemm_rows((r1 - r0) * p.w, nk, p.cin, xs + r0 * p.w * p.cin, p.cin, 1, bp + ky * panel, 0, true,
+                           rows, false);
+      }
+    }
+  });
+  return true;
+}
+
 at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            const ConvT2dParams& p, bool relu, at::MemoryFormat fmt) {
   if (reduced_precision(input)) {
@@ -201,6 +254,7 @@ at::Tensor shuffle_forward(const at::Tensor& input, const at::Tensor& weight, co
   if (out.numel() == 0) return out;
   const at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
   if (fmt == at::MemoryFormat::Contiguous && conv_transpose2d_k2_nchw(input, weight, b, p, relu, out)) return out;
+  if (fmt == at::MemoryFormat::ChannelsLast && shuffle_forward_nhwc_avx512(input, weight, b, p, relu, out)) return out;
   at::Tensor y;
   if (fmt == at::MemoryFormat::Contiguous) {
     const at::Tensor x = input.contiguous();
@@ -471,7 +525,9 @@ int forced_route(const char* name) {
 Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_ROUTE");  // for measurements only
   if (force >= 0) return static_cast<Route>(force);
-  if (p.shuffle()) return fmt == at::MemoryFormat::ChannelsLast ? Route::kOneDnn : Route::kShuffle;
+  if (p.shuffle())
+    return fmt == at::MemoryFormat::ChannelsLast && !shuffle_forward_nhwc_avx512_fits(input, p) ? Route::kOneDnn
+                                                                                             : Route::kShuffle;
   if (winograd(input, p, fmt)) return Route::kWinograd;
   if (direct(input, p)) return Route::kDirect;
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;

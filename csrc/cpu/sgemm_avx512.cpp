@@ -11,11 +11,15 @@
 #include "sgemm_avx512.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define FASTSEG_SGEMM_AVX512 1
+// GCC 12 reports the deliberately undefined operand inside _mm512_max_ps (_mm512_undefined_ps) as
+// uninitialized (as in conv_transpose2d_direct.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace fastseg {
@@ -59,10 +63,11 @@ namespace {
 // C tile (rows <= 8 of it stored, columns masked by m0 | m1) (+)= A (8 x kc; A(i, p) = a[i * a_rs + p * a_cs])
 // B (kc x 32; row p at b + p * ldb). kFullB: all 32 columns of B are there (packed, or in place and not the
 // last panel); otherwise B's loads are masked too.
+// bias: the tile's 32 column values added to every row (or nullptr); relu: max(0, .) before the store.
 template <bool kAccumulate, bool kFullB>
 __attribute__((target("avx512f"))) void tile(int64_t kc, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
                                              int64_t ldb, float* c, int64_t ldc, int64_t rows, __mmask16 m0,
-                                             __mmask16 m1) {
+                                             __mmask16 m1, const float* bias, bool relu) {
   __m512 acc[kMR][2];
 #pragma GCC unroll 8
   for (int i = 0; i < kMR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -85,20 +90,39 @@ __attribute__((target("avx512f"))) void tile(int64_t kc, const float* a, int64_t
       v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ci));
       v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
+    if (bias) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, bias));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, bias + 16));
+    }
+    if (relu) {  // max(0, v) keeps NaN (a NaN second operand is returned)
+      v0 = _mm512_max_ps(_mm512_setzero_ps(), v0);
+      v1 = _mm512_max_ps(_mm512_setzero_ps(), v1);
+    }
     _mm512_mask_storeu_ps(ci, m0, v0);
     _mm512_mask_storeu_ps(ci + 16, m1, v1);
   }
 }
 
 using Tile = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int64_t,
-                      __mmask16, __mmask16);
+                      __mmask16, __mmask16, const float*, bool);
 
 }  // namespace
 
 void sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
            bool b_packed, float* c, int64_t ldc, bool accumulate) {
-  if (k == 0 && !accumulate) {  // an empty sum (no channels to reduce): C = 0
-    for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.f);
+  sgemm_rows(m, n, k, a, a_rs, a_cs, b, ldb, b_packed, Rows{c, ldc}, accumulate);
+}
+
+void sgemm_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                int64_t ldb, bool b_packed, const Rows& out, bool accumulate) {
+  if (out.group_rows % kMR != 0) throw std::invalid_argument("fastseg: avx512::sgemm_rows: group_rows % 8 != 0");
+  // Row i of C; tiles of 8 rows never straddle a group.
+  auto row = [&](int64_t i) {
+    return out.c + (i / out.group_rows) * out.group_stride + (i % out.group_rows) * out.ldc;
+  };
+  if (k == 0 && !accumulate) {  // an empty sum (no channels to reduce): C = bias (or 0), then the ReLU
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) row(i)[j] = std::max(out.bias ? out.bias[j] : 0.f, out.relu ? 0.f : -INFINITY);
     return;
   }
   // The last (short) row panel's A, zero-padded to 8 rows: tile() reads all 8 rows of A.
@@ -108,6 +132,7 @@ void sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_
     for (int64_t pc = 0; pc < k; pc += kKC) {
       const int64_t kc = std::min(kKC, k - pc);
       const bool acc = accumulate || pc > 0;
+      const bool relu = out.relu && pc + kc == k;  // on the last depth block only
       for (int64_t i0 = 0; i0 < m; i0 += kMR) {
         const int64_t rows = std::min(kMR, m - i0);
         const float* ap = a + i0 * a_rs + pc * a_cs;
@@ -125,7 +150,8 @@ void sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_
           const float* bp = b_packed ? b + (j0 / kNR) * k * kNR + pc * kNR : b + pc * ldb + j0;
           const Tile f = acc ? (full ? &tile<true, true> : &tile<true, false>)
                              : (full ? &tile<false, true> : &tile<false, false>);
-          f(kc, ap, rs, cs, bp, b_packed ? kNR : ldb, c + i0 * ldc + j0, ldc, rows, m0, m1);
+          f(kc, ap, rs, cs, bp, b_packed ? kNR : ldb, row(i0) + j0, out.ldc, rows, m0, m1,
+            out.bias && !acc ? out.bias + j0 : nullptr, relu);
         }
       }
     }
@@ -139,6 +165,11 @@ bool available() { return false; }
 void sgemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, bool, float*, int64_t,
            bool) {
   throw std::logic_error("fastseg: avx512::sgemm called on a CPU without AVX-512 (check avx512::available())");
+}
+
+void sgemm_rows(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, bool, const Rows&,
+                bool) {
+  throw std::logic_error("fastseg: avx512::sgemm_rows called on a CPU without AVX-512 (check avx512::available())");
 }
 
 #endif

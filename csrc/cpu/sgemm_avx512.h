@@ -25,5 +25,22 @@ void pack_b(int64_t k, int64_t n, const float* b, int64_t b_rs, int64_t b_cs, fl
 void sgemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b, int64_t ldb,
            bool b_packed, float* c, int64_t ldc, bool accumulate);
 
+// Where sgemm_rows stores C and what it applies: row i at c + (i / group_rows) * group_stride +
+// (i % group_rows) * ldc (group_rows a multiple of 8; the default: one group), `bias` (n values, or
+// nullptr) added to every row unless `accumulate`, then max(0, .) where `relu`.
+struct Rows {
+  float* c;
+  int64_t ldc;
+  int64_t group_rows = int64_t(1) << 62;
+  int64_t group_stride = 0;
+  const float* bias = nullptr;
+  bool relu = false;
+};
+
+// sgemm with C's rows in groups, a bias and a ReLU: the channels_last kernel == stride forward writes each
+// input row's pixels straight into their output row (conv_transpose2d_kernel.cpp).
+void sgemm_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                int64_t ldb, bool b_packed, const Rows& out, bool accumulate);
+
 }  // namespace avx512
 }  // namespace fastseg

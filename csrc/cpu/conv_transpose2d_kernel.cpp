@@ -4,8 +4,9 @@
 // output pixel receives exactly one kernel tap, so the op is ONE GEMM per group,
 //     Y[(ky, kx, co), pixel] = W^T[(co, ky, kx), ci] @ X[ci, pixel]        (NCHW)
 //     Y[pixel, (ky, kx, co)] = X[pixel, ci] @ W[ci, (ky, kx, co)]          (channels_last)
-// through ATen's BLAS (at::mm: MKL/oneDNN sgemm), followed by a parallel pixel-shuffle-like scatter
-// that fuses the crop of `padding`, the rows added by `output_padding`, the bias and the ReLU. There is
+// through ATen's BLAS (at::mm: MKL/oneDNN sgemm; fp32 on AVX-512: the fused kernels named below), followed
+// by a parallel pixel-shuffle-like scatter that fuses the crop of `padding`, the rows added by
+// `output_padding`, the bias and the ReLU. There is
 // no zero-insertion and no col2im accumulation. The backward gathers grad_output into the same [pixel,
 // (ky, kx, co)] matrix and runs two GEMMs: grad_input = G @ W^T, grad_weight = X^T @ G (fp32 on AVX-512:
 // our own sgemm, csrc/cpu/sgemm_avx512.cpp, faster than the BLAS's on these shapes).
@@ -448,9 +449,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 // How a call runs (measured in benchmarks/notes/conv_transpose2d.md):
 // - every forward that runs oneDNN's deconvolution uses the packed weight when the cache has it
 //   (packed_weights.h), the same routine without PyTorch's per-call weight reorder.
-// - forward, channels_last: oneDNN's deconvolution (at::convolution, what PyTorch runs). Our
-//   kernel == stride GEMM + scatter measured 0.7-1.0x of it: oneDNN writes the output once, the GEMM
-//   + scatter twice.
+// - forward, channels_last: oneDNN's deconvolution (at::convolution, what PyTorch runs), except
+//   kernel == stride fp32 layers with unpadded images up to 32 pixels wide on AVX-512: one GEMM per tap
+//   row stored straight into the output rows (shuffle_forward_nhwc_avx512, 1.09-1.34x oneDNN's). Our
+//   kernel == stride GEMM + scatter measured 0.7-1.0x of oneDNN: it writes the output twice.
 // - forward, NCHW, kernel == stride: the fused k2 s2 GEMM + pixel-shuffle kernel (conv_transpose2d_k2.cpp,
 //   1.1-4.9x oneDNN), or GEMM + scatter where it does not fit.
 // - forward and backward, kernel != stride, <= 64 channels, fp32: the direct

@@ -176,6 +176,11 @@ int64_t gather_block_rows(int64_t row_bytes, int64_t rows) {
   return std::clamp<int64_t>((int64_t(2) << 20) / row_bytes, 1, rows);
 }
 
+// Whether the k == s kernels on avx512::sgemm take this call: fp32, groups 1, an AVX-512 CPU.
+bool avx512_sgemm_fits(const at::Tensor& input, const ConvT2dParams& p) {
+  return p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available();
+}
+
 // The k == s route runs fp16/bf16 in fp32 and rounds each result once, as PyTorch's oneDNN routine
 // does: a 16-bit GEMM result rounded before the bias is added loses what the bias cancels (0.5 + 2^-12
 // rounds to 0.5, and the bias -0.5 then leaves 0, not 2^-12), and a weight gradient summed block by
@@ -200,8 +205,8 @@ at::Tensor weight_khwc(const at::Tensor& weight, const ConvT2dParams& p) {
 // (section 29), which keep oneDNN's routine.
 constexpr int64_t kShuffleForwardMaxWidthNhwc = 32;
 bool shuffle_forward_nhwc_avx512_fits(const at::Tensor& input, const ConvT2dParams& p) {
-  return p.shuffle() && p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available() && p.ph == 0 &&
-         p.pw == 0 && p.oph == 0 && p.opw == 0 && p.w % 8 == 0 && p.w <= kShuffleForwardMaxWidthNhwc;
+  return p.shuffle() && avx512_sgemm_fits(input, p) && p.ph == 0 && p.pw == 0 && p.oph == 0 && p.opw == 0 &&
+         p.w % 8 == 0 && p.w <= kShuffleForwardMaxWidthNhwc;
 }
 bool shuffle_forward_nhwc_avx512(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& b,
                                  const ConvT2dParams& p, bool relu, at::Tensor& out) {
@@ -376,7 +381,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     const at::Tensor gy = grad_out.contiguous();
     const at::Tensor x = input.contiguous();
     const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
-    if (p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available()) {
+    if (avx512_sgemm_fits(input, p)) {
       at::Tensor gwt = at::empty({p.cout * k, p.cin}, input.options());
       shuffle_backward_nchw_avx512(gy, x, w, p, grad_input, gwt);
       grad_weight = gwt.view({p.cout, p.kh, p.kw, p.cin}).permute({3, 0, 1, 2}).contiguous();
@@ -411,7 +416,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
                              .reshape({p.n * plane, p.cin});
     const at::Tensor w = weight_khwc(weight, p);
     at::Tensor gi = grad_input.permute({0, 2, 3, 1}).view({p.n * plane, p.cin});  // shares grad_input's storage
-    if (p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available()) {
+    if (avx512_sgemm_fits(input, p)) {
       at::Tensor gw = at::empty({p.cin, k * p.cout}, input.options());
       shuffle_backward_nhwc_avx512(gy, x, w, p, gi, gw);
       grad_weight = gw.view({p.cin, p.kh, p.kw, p.cout}).permute({0, 3, 1, 2}).contiguous();
@@ -542,8 +547,7 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
 // 64 deep) 0.57x.
 constexpr int64_t kShuffleBackwardMinPixelsNchw = 256;
 bool nchw_shuffle_backward_avx512(const at::Tensor& input, const ConvT2dParams& p) {
-  return p.groups == 1 && input.scalar_type() == at::kFloat && avx512::available() &&
-         p.h * p.w >= kShuffleBackwardMinPixelsNchw;
+  return avx512_sgemm_fits(input, p) && p.h * p.w >= kShuffleBackwardMinPixelsNchw;
 }
 
 Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {

@@ -353,12 +353,13 @@ def test_native_k_eq_s_backward_edges(n, cin, cout, h, w, kernel, padding, outpu
     (3, 40, 21, 5, 16, 2),    # 42 columns: a full panel and a 10-wide tail; 15 input rows
     (2, 520, 12, 20, 8, 2),   # 520 input channels: three depth blocks (bias on the first, ReLU on the last); 3 row blocks
     (1, 24, 20, 3, 24, 3),    # kernel == stride == 3: three tap rows, 60 columns a row
-    (2, 64, 64, 4, 32, 2),    # the widest image it takes
+    (2, 64, 64, 4, 32, 2),    # 32 pixels wide, 64 channels: 128 rows of A, the next row panel prefetched
+    (1, 24, 16, 2, 128, 2),   # the widest image it takes
 ])
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, True), (True, True)])
 def test_native_k_eq_s_channels_last_forward(n, cin, cout, h, w, kernel, bias, relu):
     """The channels_last kernel == stride forward on avx512::sgemm_rows (fp32, no padding, image widths a
-    multiple of 8 up to 32; elsewhere oneDNN): each input row's pixels stored straight into their output
+    multiple of 8 up to 128; elsewhere oneDNN): each input row's pixels stored straight into their output
     rows, with the bias and the ReLU, against fp64 PyTorch on poisoned memory."""
     check_native_layer(n, cin, cout, h, w, 0, True, bias, relu, kernel=kernel, stride=kernel)
 

@@ -201,9 +201,10 @@ at::Tensor weight_khwc(const at::Tensor& weight, const ConvT2dParams& p) {
 // values of a pixel are contiguous there), bias and ReLU on the store (avx512::sgemm_rows). oneDNN's
 // deconvolution ran 7-15% below its own 1x1 convolution of the same GEMM on the Zen 5 box
 // (benchmarks/notes/conv_transpose2d.md, section 29). Returns false where it does not fit.
-// Images up to 32 pixels wide: there it read 1.09-1.34x of oneDNN; on 64-pixel-wide ones 0.88-1.0x
-// (section 29), which keep oneDNN's routine.
-constexpr int64_t kShuffleForwardMaxWidthNhwc = 32;
+// Images up to 128 pixels wide: 1.02-1.35x of oneDNN's there (64-pixel-wide ones 0.88-1.0x until the
+// sgemm prefetched its A rows: section 30); on 256-pixel-wide ones both read the same (0.97-0.98x, memory
+// bound), and those keep oneDNN's routine.
+constexpr int64_t kShuffleForwardMaxWidthNhwc = 128;
 bool shuffle_forward_nhwc_avx512_fits(const at::Tensor& input, const ConvT2dParams& p) {
   return p.shuffle() && avx512_sgemm_fits(input, p) && p.ph == 0 && p.pw == 0 && p.oph == 0 && p.opw == 0 &&
          p.w % 8 == 0 && p.w <= kShuffleForwardMaxWidthNhwc;
@@ -455,7 +456,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 // - every forward that runs oneDNN's deconvolution uses the packed weight when the cache has it
 //   (packed_weights.h), the same routine without PyTorch's per-call weight reorder.
 // - forward, channels_last: oneDNN's deconvolution (at::convolution, what PyTorch runs), except
-//   kernel == stride fp32 layers with unpadded images up to 32 pixels wide on AVX-512: one GEMM per tap
+//   kernel == stride fp32 layers with unpadded images up to 128 pixels wide on AVX-512: one GEMM per tap
 //   row stored straight into the output rows (shuffle_forward_nhwc_avx512, 1.09-1.34x oneDNN's). Our
 //   kernel == stride GEMM + scatter measured 0.7-1.0x of oneDNN: it writes the output twice.
 // - forward, NCHW, kernel == stride: the fused k2 s2 GEMM + pixel-shuffle kernel (conv_transpose2d_k2.cpp,

@@ -133,6 +133,12 @@ void sgemm_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, i
       const int64_t kc = std::min(kKC, k - pc);
       const bool acc = accumulate || pc > 0;
       const bool relu = out.relu && pc + kc == k;  // on the last depth block only
+      // A read in place along its rows (a_cs == 1: the input pixels of the channels_last forward): the next
+      // row panel's A is prefetched while this one's tiles run. Its first reads came from memory, broadcast
+      // from 8 rows at once, and stalled: U-Net 128 -> 64 (depth 128, A cold) 3.55-3.66 -> 3.12-3.15 ms in
+      // a loop of its own (benchmarks/notes/conv_transpose2d.md, section 30).
+      const bool prefetch_a = a_cs == 1;
+      const int64_t row_lines = (kc + 15) / 16, a_lines = kMR * row_lines;  // 64-byte lines of a row panel's A
       for (int64_t i0 = 0; i0 < m; i0 += kMR) {
         const int64_t rows = std::min(kMR, m - i0);
         const float* ap = a + i0 * a_rs + pc * a_cs;
@@ -142,7 +148,15 @@ void sgemm_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, i
             for (int64_t i = 0; i < kMR; ++i) tail[p * kMR + i] = i < rows ? ap[i * a_rs + p * a_cs] : 0.f;
           ap = tail, rs = 1, cs = kMR;
         }
+        const int64_t panels = (nc + kNR - 1) / kNR;
         for (int64_t j0 = jc; j0 < jc + nc; j0 += kNR) {
+          if (prefetch_a && i0 + 2 * kMR <= m) {  // this tile's share of the next row panel's A lines
+            const int64_t jp = (j0 - jc) / kNR;
+            const float* next = a + (i0 + kMR) * a_rs + pc;
+            for (int64_t l = jp * a_lines / panels; l < (jp + 1) * a_lines / panels; ++l)
+              _mm_prefetch(reinterpret_cast<const char*>(next + (l / row_lines) * a_rs + (l % row_lines) * 16),
+                           _MM_HINT_T0);
+          }
           const int64_t cols = std::min(kNR, n - j0);
           const __mmask16 m0 = cols >= 16 ? 0xffff : (1u << cols) - 1;
           const __mmask16 m1 = cols >= 32 ? 0xffff : cols > 16 ? (1u << (cols - 16)) - 1 : 0;

@@ -336,14 +336,16 @@ def check_native_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, s
     (2, 64, 72, 40, 64, 2, 0, 0),   # 288 columns (two depth blocks of 256), 80 rows in three gathered blocks
     (1, 520, 12, 3, 5, 2, 0, 0),    # grad_input 520 columns wide: two column blocks of 512, the last 8 wide
     (1, 16, 20, 4, 5, 3, 1, 2),     # kernel == stride == 3
-    (2, 72, 80, 48, 40, 2, 1, 1),   # > 64 channels on each side: NCHW takes it from 256 pixels; 2 blocks an image
+    (2, 72, 80, 48, 40, 2, 1, 1),   # > 64 channels on each side (NCHW: AVX-512 only); 2 blocks an image
+    (3, 136, 256, 16, 16, 2, 0, 0),  # NCHW: blocks of two whole images (the last alone), W's rows in chunks of 64
+    (3, 12, 10, 3, 5, 3, 1, 2),     # three images in one block, cropped taps in each
 ])
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "NCHW"])
 def test_native_k_eq_s_backward_edges(n, cin, cout, h, w, kernel, padding, output_padding, channels_last):
     """The kernel == stride backward (on AVX-512 CPUs avx512::sgemm; elsewhere the BLAS) against fp64 PyTorch
     on poisoned memory, with the edges of its tiles and blocks. In NCHW these layers (<= 64 channels on a
-    side, or on AVX-512 images of >= 256 pixels) take it too; there 40 rows of 64 columns make two blocks
-    an image."""
+    side, or any on AVX-512) take it too; there 40 rows of 64 columns make two blocks an image, and small
+    images share a block."""
     check_native_layer(n, cin, cout, h, w, padding, channels_last, True, False, kernel=kernel, stride=kernel,
                        output_padding=output_padding)
 

@@ -113,22 +113,22 @@ void scatter_nhwc(const T* y, const T* bias, T* out, const ConvT2dParams& p, boo
   });
 }
 
-// NCHW gather of input rows [iy0, iy1) of one image's grad_output gy into g: [Cout, kh, kw, iy1 - iy0, W]
-// (zeros where padding cropped the tap).
+// NCHW gather of input rows [iy0, iy1) of images [n0, n1) of grad_output gy (all images) into g:
+// [Cout, kh, kw, n1 - n0, iy1 - iy0, W] (zeros where padding cropped the tap).
 template <typename T>
-void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t iy0, int64_t iy1) {
-  const int64_t rows = iy1 - iy0;
-  at::parallel_for(0, p.cout * p.kh * rows, 16, [&](int64_t begin, int64_t end) {  // rows (c, ky, iy)
+void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t n0, int64_t n1, int64_t iy0, int64_t iy1) {
+  const int64_t rows = iy1 - iy0, images = n1 - n0;
+  at::parallel_for(0, p.cout * p.kh * images * rows, 16, [&](int64_t begin, int64_t end) {  // rows (c, ky, n, iy)
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t iy = iy0 + r % rows, t = r / rows, ky = t % p.kh, c = t / p.kh;
+      const int64_t iy = iy0 + r % rows, t = r / rows, m = t % images, u = t / images, ky = u % p.kh, c = u / p.kh;
       const int64_t oy = iy * p.kh + ky - p.ph;
       for (int64_t kx = 0; kx < p.kw; ++kx) {
-        T* dst = g + (((c * p.kh + ky) * p.kw + kx) * rows + iy - iy0) * p.w;
+        T* dst = g + ((((c * p.kh + ky) * p.kw + kx) * images + m) * rows + iy - iy0) * p.w;
         if (oy < 0 || oy >= p.ho) {
           std::fill(dst, dst + p.w, T(0));
           continue;
         }
-        const T* src = gy + (c * p.ho + oy) * p.wo;
+        const T* src = gy + (((n0 + m) * p.cout + c) * p.ho + oy) * p.wo;
         for (int64_t ix = 0; ix < p.w; ++ix) {
           const int64_t ox = ix * p.kw + kx - p.pw;
           dst[ix] = ox >= 0 && ox < p.wo ? src[ox] : T(0);
@@ -325,42 +325,71 @@ void shuffle_backward_nhwc_avx512(const at::Tensor& gy, const at::Tensor& x, con
   }
 }
 
-// The NCHW k == s backward for fp32, groups 1, on AVX-512 CPUs: blocks of one image's input rows gathered
-// as G [k*Cout, pixels] (gather_nchw), grad_input = W G split between the threads by input channels,
-// grad_weight^T += G X^T by rows of (co, ky, kx), X's block packed first (both of its operands are
-// pixel-contiguous). x: the input (contiguous); w: [Cin, Cout * k]; gi: grad_input (contiguous); gwt:
-// [k*Cout, Cin], written.
+// The NCHW k == s backward for fp32, groups 1, on AVX-512 CPUs, in ~2 MB blocks of gathered grad_output:
+// whole images where one image's rows take less (images [n0, n1), all rows), else rows of one image.
+// Per block, G [k*Cout, pixels] (gather_nchw, columns (image, pixel)), and both GEMMs split between the
+// threads by input channels: grad_input = W G image by image, each thread's W rows in ~256 KB chunks that
+// every image of the block reuses from L2; grad_weight += X G^T, X's rows of the block side by side
+// (copied where the block holds several images), G^T packed, the result in the weight's own layout.
+// Blocks of one 8x8 image made the weight gradient's GEMMs 64 deep and read its 8 MB result once per image,
+// and the weight gradient computed transposed cost an 8 MB transposing copy (U-Net 1024 -> 512: 0.57x of
+// oneDNN's backward; benchmarks/notes/conv_transpose2d.md, section 30).
+// x: the input (contiguous); w: [Cin, Cout * k]; gi: grad_input (contiguous); gw: [Cin, Cout * k], written.
 void shuffle_backward_nchw_avx512(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
-                                  const ConvT2dParams& p, at::Tensor& gi, at::Tensor& gwt) {
+                                  const ConvT2dParams& p, at::Tensor& gi, at::Tensor& gw) {
   const int64_t kn = p.kh * p.kw * p.cout, plane = p.h * p.w;
-  const int64_t block = gather_block_rows(kn * p.w * 4, p.h);
-  at::Tensor buffer = at::empty({kn * block * p.w}, x.options());
-  at::Tensor packed = at::empty({avx512::packed_b_size(block * p.w, p.cin)}, x.options());
-  at::Tensor packed_g = at::empty({avx512::packed_b_size(kn, block * p.w)}, x.options());
+  const int64_t block_rows = gather_block_rows(kn * p.w * 4, p.n * p.h);  // rows (n, iy) of a block
+  const int64_t images = std::max<int64_t>(1, block_rows / p.h), rows = std::min(p.h, block_rows);
+  const int64_t span = rows * p.w;  // one image's pixels in a block
+  at::Tensor buffer = at::empty({kn * images * span}, x.options());
+  at::Tensor packed_g = at::empty({images * avx512::packed_b_size(kn, span)}, x.options());   // G, image by image
+  at::Tensor packed_gt = at::empty({avx512::packed_b_size(images * span, kn)}, x.options());  // G^T
+  at::Tensor x_block = at::empty({images > 1 ? p.cin * images * span : 0}, x.options());
   float* g = buffer.data_ptr<float>();
-  float* xp = packed.data_ptr<float>();
   float* gp = packed_g.data_ptr<float>();
+  float* gtp = packed_gt.data_ptr<float>();
   const float* ws = w.data_ptr<float>();
-  float* gws = gwt.data_ptr<float>();
-  for (int64_t n = 0; n < p.n; ++n) {
-    const float* xn = x.data_ptr<float>() + n * p.cin * plane;
-    float* gin = gi.data_ptr<float>() + n * p.cin * plane;
-    for (int64_t iy0 = 0; iy0 < p.h; iy0 += block) {
-      const int64_t iy1 = std::min(p.h, iy0 + block), pix0 = iy0 * p.w, npix = (iy1 - iy0) * p.w;
-      gather_nchw<float>(gy.data_ptr<float>() + n * p.cout * p.ho * p.wo, g, p, iy0, iy1);
-      at::parallel_for(0, (npix + 31) / 32, 1, [&](int64_t begin, int64_t end) {
-        avx512::pack_b(kn, npix, g, npix, 1, gp, begin, end);
+  const float* xs = x.data_ptr<float>();
+  const int64_t w_chunk = std::max<int64_t>(8, ((int64_t(256) << 10) / (kn * 4)) / 8 * 8);  // rows of W
+  for (int64_t n0 = 0; n0 < p.n; n0 += images) {
+    const int64_t n1 = std::min(p.n, n0 + images), ni = n1 - n0;
+    for (int64_t iy0 = 0; iy0 < p.h; iy0 += rows) {
+      const int64_t iy1 = std::min(p.h, iy0 + rows), pix0 = iy0 * p.w, np = (iy1 - iy0) * p.w, npix = ni * np;
+      const int64_t np_packed = avx512::packed_b_size(kn, np), panels = (np + 31) / 32, gt_panels = (kn + 31) / 32;
+      gather_nchw<float>(gy.data_ptr<float>(), g, p, n0, n1, iy0, iy1);
+      at::parallel_for(0, ni * panels + gt_panels, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          if (t < ni * panels) {  // G of image m (B(q, pix) = g[q][m * np + pix]): its panel j of 32 pixels
+            const int64_t m = t / panels, j = t % panels;
+            avx512::pack_b(kn, np, g + m * np, npix, 1, gp + m * np_packed, j, j + 1);
+          } else {  // G^T (B(pix, q) = g[q][pix]): panel j of 32 (co, ky, kx)
+            const int64_t j = t - ni * panels;
+            avx512::pack_b(npix, kn, g, 1, npix, gtp, j, j + 1);
+          }
+        }
       });
       at::parallel_for(0, (p.cin + 7) / 8, 1, [&](int64_t begin, int64_t end) {
         const int64_t c0 = begin * 8, c1 = std::min(p.cin, end * 8);
-        avx512::sgemm(c1 - c0, npix, kn, ws + c0 * kn, kn, 1, gp, 0, true, gin + c0 * plane + pix0, plane, false);
-        // X^T of the block (B(pix, ci) = x[ci][pix]) packed by the same threads: their panels of 32 channels.
-        avx512::pack_b(npix, p.cin, xn + pix0, 1, plane, xp, c0 / 32 + (c0 % 32 != 0), (c1 + 31) / 32);
-      });
-      at::parallel_for(0, (kn + 7) / 8, 1, [&](int64_t begin, int64_t end) {
-        const int64_t q0 = begin * 8, q1 = std::min(kn, end * 8);
-        avx512::sgemm(q1 - q0, p.cin, npix, g + q0 * npix, npix, 1, xp, 0, true, gws + q0 * p.cin, p.cin,
-                      n > 0 || iy0 > 0);
+        for (int64_t cc = c0; cc < c1; cc += w_chunk) {
+          const int64_t cc1 = std::min(c1, cc + w_chunk);
+          for (int64_t m = 0; m < ni; ++m)
+            avx512::sgemm(cc1 - cc, np, kn, ws + cc * kn, kn, 1, gp + m * np_packed, 0, true,
+                          gi.data_ptr<float>() + ((n0 + m) * p.cin + cc) * plane + pix0, plane, false);
+        }
+        // A(ci, (m, pix)) = x[n0 + m][ci][pix0 + pix]: in place for one image, else this thread's rows copied.
+        const float* a = xs + (n0 * p.cin + c0) * plane + pix0;
+        int64_t a_rs = plane;
+        if (ni > 1) {
+          float* dst = x_block.data_ptr<float>() + c0 * npix;
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t m = 0; m < ni; ++m) {
+              const float* src = xs + ((n0 + m) * p.cin + c) * plane + pix0;
+              std::copy(src, src + np, dst + (c - c0) * npix + m * np);
+            }
+          a = dst, a_rs = npix;
+        }
+        avx512::sgemm(c1 - c0, kn, npix, a, a_rs, 1, gtp, 0, true, gw.data_ptr<float>() + c0 * kn, kn,
+                      n0 > 0 || iy0 > 0);
       });
     }
   }
@@ -383,9 +412,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     const at::Tensor x = input.contiguous();
     const at::Tensor w = weight.contiguous().view({p.cin, p.cout_g * k});
     if (avx512_sgemm_fits(input, p)) {
-      at::Tensor gwt = at::empty({p.cout * k, p.cin}, input.options());
-      shuffle_backward_nchw_avx512(gy, x, w, p, grad_input, gwt);
-      grad_weight = gwt.view({p.cout, p.kh, p.kw, p.cin}).permute({3, 0, 1, 2}).contiguous();
+      grad_weight = at::empty({p.cin, p.cout, p.kh, p.kw}, input.options());
+      shuffle_backward_nchw_avx512(gy, x, w, p, grad_input, grad_weight);
       return {grad_input, grad_weight, grad_bias};
     }
     // Blocks of one image's input rows.
@@ -399,7 +427,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
         const int64_t iy1 = std::min(p.h, iy0 + block), npix = (iy1 - iy0) * p.w;
         AT_DISPATCH_FLOATING_TYPES(
             input.scalar_type(), "conv_transpose2d_backward_cpu",
-            [&] { gather_nchw<scalar_t>(gy[n].data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p, iy0, iy1); });
+            [&] { gather_nchw<scalar_t>(gy.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), p, n, n + 1, iy0, iy1); });
         const at::Tensor gb = g.narrow(0, 0, p.cout * k * npix).view({p.cout * k, npix});
         const at::Tensor xb = xn.narrow(1, iy0 * p.w, npix);
         const at::Tensor gib = gin.narrow(1, iy0 * p.w, npix);
@@ -469,9 +497,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   on layers with few channels, more than the two layout copies cost, so those run in channels_last
 //   and are copied back; wide layers run oneDNN's NCHW directly.
 // - backward, kernel == stride: our gather + two GEMMs in cache-sized blocks (fp32 on AVX-512 CPUs:
-//   avx512::sgemm), channels_last (1.1-1.9x oneDNN's backward) and NCHW with <= 64 channels on a side
-//   (U-Net 128 -> 64) or, fp32 on AVX-512, images of >= 256 pixels (1.1-1.2x on the Zen 5 box); oneDNN on
-//   the other NCHW layers (0.57x on 8x8 images, whose blocks hold one image each: sections 27-28).
+//   avx512::sgemm), channels_last (1.1-1.9x oneDNN's backward) and NCHW: every fp32 layer on AVX-512
+//   (fwd+bwd 1.2-1.8x on the Zen 5 box, 0.99x on 2 x 512 x 4 x 4, where oneDNN's read 0.74-0.83x: section
+//   30), else those with <= 64 channels on a side (U-Net 128 -> 64); oneDNN on the other NCHW layers.
 //   Other backward: oneDNN (at::convolution_backward), through channels_last on few-channel NCHW layers
 //   as in the forward.
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd };
@@ -542,15 +570,6 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
-// Wide NCHW k == s layers whose backward beats oneDNN's on avx512::sgemm (shuffle_backward_nchw_avx512), measured
-// on the Zen 5 box (benchmarks/notes/conv_transpose2d.md, section 28): images of >= 256 pixels, 1.1-1.2x
-// oneDNN's backward with 128-256 channels; on 8x8 images (blocks of 64 pixels, the weight gradient's GEMMs
-// 64 deep) 0.57x.
-constexpr int64_t kShuffleBackwardMinPixelsNchw = 256;
-bool nchw_shuffle_backward_avx512(const at::Tensor& input, const ConvT2dParams& p) {
-  return avx512_sgemm_fits(input, p) && p.h * p.w >= kShuffleBackwardMinPixelsNchw;
-}
-
 Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force >= 0) return static_cast<Route>(force);
@@ -559,12 +578,12 @@ Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::Memory
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
-  // costs. NCHW k == s (U-Net): our gather + GEMMs in row blocks on layers with <= 64 channels on a
-  // side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the harness) and on wider ones with avx512::sgemm's GEMMs
-  // where the images are large enough; oneDNN's NCHW backward on the others (with the BLAS's GEMMs,
-  // 256 -> 128: 20.4 vs 24-27 ms; the round trip through channels_last was slower still).
+  // costs. NCHW k == s (U-Net): our gather + GEMMs in blocks, on avx512::sgemm wherever it runs, else (with
+  // the BLAS's GEMMs) on layers with <= 64 channels on a side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the
+  // harness); oneDNN's NCHW backward on the others (256 -> 128 with the BLAS: 20.4 vs 24-27 ms; the round
+  // trip through channels_last was slower still).
   if (p.shuffle())
-    return std::min(p.cin, p.cout) <= 64 || nchw_shuffle_backward_avx512(input, p) ? Route::kShuffle : Route::kOneDnn;
+    return std::min(p.cin, p.cout) <= 64 || avx512_sgemm_fits(input, p) ? Route::kShuffle : Route::kOneDnn;
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 

@@ -35,9 +35,10 @@ constexpr int64_t kNC = 512;  // columns of a block of B
 int64_t packed_b_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * k; }
 
 void pack_b(int64_t k, int64_t n, const float* b, int64_t b_rs, int64_t b_cs, float* packed, int64_t panel_begin,
-            int64_t panel_end) {
+            int64_t panel_end, int64_t panel_depth) {
+  const int64_t depth = std::max(k, panel_depth);
   for (int64_t jp = panel_begin; jp < panel_end; ++jp) {
-    float* dst = packed + jp * k * kNR;
+    float* dst = packed + jp * depth * kNR;
     const int64_t j0 = jp * kNR, nj = std::min(kNR, n - j0);
     for (int64_t p = 0; p < k; ++p) std::fill(dst + p * kNR + nj, dst + (p + 1) * kNR, 0.f);
     if (b_cs == 1) {

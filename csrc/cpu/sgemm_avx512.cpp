@@ -17,9 +17,10 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define FASTSEG_SGEMM_AVX512 1
-// GCC 12 reports the deliberately undefined operand inside _mm512_max_ps (_mm512_undefined_ps) as
+// GCC 12 reports the deliberately undefined operand inside _mm512_max_ps and the shuffles (_mm512_undefined_ps) as
 // uninitialized (as in conv_transpose2d_direct.cpp).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace fastseg {
@@ -34,6 +35,37 @@ constexpr int64_t kNC = 512;  // columns of a block of B
 
 int64_t packed_b_size(int64_t k, int64_t n) { return (n + kNR - 1) / kNR * kNR * k; }
 
+#ifdef FASTSEG_SGEMM_AVX512
+namespace {
+// dst[i * ld_dst + j] = src[j * ld_src + i] for a 16 x 16 block: B's columns (contiguous along the depth)
+// into rows of a packed panel. Four rounds of shuffles, as a scalar loop of 256 strided stores measured
+// 6.9% of the NCHW U-Net 128 -> 64 training step (benchmarks/notes/conv_transpose2d.md, section 30).
+__attribute__((target("avx512f"))) void transpose16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 16; i += 2) {  // 32-bit pairs of rows i, i + 1
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int g = 0; g < 16; g += 4) {  // 64-bit: r[g + c] lane l = column 4l + c of rows g..g+3
+    r[g + 0] = _mm512_shuffle_ps(t[g + 0], t[g + 2], 0x44);
+    r[g + 1] = _mm512_shuffle_ps(t[g + 0], t[g + 2], 0xEE);
+    r[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+    r[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {  // 128-bit lanes: gather lane l of r[c], r[4 + c], r[8 + c], r[12 + c]
+    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+    const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    const __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+    _mm512_storeu_ps(dst + (0 + c) * ld_dst, _mm512_shuffle_f32x4(v0, v2, 0x88));
+    _mm512_storeu_ps(dst + (8 + c) * ld_dst, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+    _mm512_storeu_ps(dst + (4 + c) * ld_dst, _mm512_shuffle_f32x4(v1, v3, 0x88));
+    _mm512_storeu_ps(dst + (12 + c) * ld_dst, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+  }
+}
+}  // namespace
+#endif
+
 void pack_b(int64_t k, int64_t n, const float* b, int64_t b_rs, int64_t b_cs, float* packed, int64_t panel_begin,
             int64_t panel_end, int64_t panel_depth) {
   const int64_t depth = std::max(k, panel_depth);
@@ -43,11 +75,19 @@ void pack_b(int64_t k, int64_t n, const float* b, int64_t b_rs, int64_t b_cs, fl
     for (int64_t p = 0; p < k; ++p) std::fill(dst + p * kNR + nj, dst + (p + 1) * kNR, 0.f);
     if (b_cs == 1) {
       for (int64_t p = 0; p < k; ++p) std::copy(b + p * b_rs + j0, b + p * b_rs + j0 + nj, dst + p * kNR);
-    } else {  // column by column: reads run along B's contiguous dimension
-      for (int64_t j = 0; j < nj; ++j) {
-        const float* src = b + (j0 + j) * b_cs;
-        for (int64_t p = 0; p < k; ++p) dst[p * kNR + j] = src[p * b_rs];
-      }
+      continue;
+    }
+    int64_t p_done = 0, j_done = 0;  // rows and columns the 16 x 16 transposes wrote
+#ifdef FASTSEG_SGEMM_AVX512
+    if (b_rs == 1 && available()) {  // columns contiguous: 16 x 16 blocks transposed in registers
+      p_done = k / 16 * 16, j_done = nj / 16 * 16;
+      for (int64_t jj = 0; jj < j_done; jj += 16)
+        for (int64_t p = 0; p < p_done; p += 16) transpose16(b + (j0 + jj) * b_cs + p, b_cs, dst + p * kNR + jj, kNR);
+    }
+#endif
+    for (int64_t j = 0; j < nj; ++j) {  // the rest column by column: reads run along B's contiguous dimension
+      const float* src = b + (j0 + j) * b_cs;
+      for (int64_t p = j < j_done ? p_done : 0; p < k; ++p) dst[p * kNR + j] = src[p * b_rs];
     }
   }
 }

@@ -339,6 +339,7 @@ def check_native_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, s
     (2, 72, 80, 48, 40, 2, 1, 1),   # > 64 channels on each side (NCHW: AVX-512 only); 2 blocks an image
     (3, 136, 256, 16, 16, 2, 0, 0),  # NCHW: blocks of two whole images (the last alone), W's rows in chunks of 64
     (3, 12, 10, 3, 5, 3, 1, 2),     # three images in one block, cropped taps in each
+    (2, 20, 24, 3, 21, 2, (1, 0), (0, 1)),  # rows cropped, columns not: the vector gather, 16 + 5 wide
 ])
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "NCHW"])
 def test_native_k_eq_s_backward_edges(n, cin, cout, h, w, kernel, padding, output_padding, channels_last):

@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "conv_transpose2d.h"
@@ -118,6 +119,10 @@ void scatter_nhwc(const T* y, const T* bias, T* out, const ConvT2dParams& p, boo
 template <typename T>
 void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t n0, int64_t n1, int64_t iy0, int64_t iy1) {
   const int64_t rows = iy1 - iy0, images = n1 - n0;
+  // fp32 kernel-2 stride-2 rows with no column padding (ox = 2 ix + kx, all inside the row): split by
+  // vector permutes; the scalar stride-2 loop was 11.5% of the NCHW U-Net 128 -> 64 training step
+  // (benchmarks/notes/conv_transpose2d.md, section 30).
+  const bool fast_k2 = std::is_same_v<T, float> && p.kw == 2 && p.sw == 2 && p.pw == 0 && avx512::available();
   at::parallel_for(0, p.cout * p.kh * images * rows, 16, [&](int64_t begin, int64_t end) {  // rows (c, ky, n, iy)
     for (int64_t r = begin; r < end; ++r) {
       const int64_t iy = iy0 + r % rows, t = r / rows, m = t % images, u = t / images, ky = u % p.kh, c = u / p.kh;
@@ -129,6 +134,11 @@ void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t n0, int64_t 
           continue;
         }
         const T* src = gy + (((n0 + m) * p.cout + c) * p.ho + oy) * p.wo;
+        if (fast_k2) {  // both taps of the row at once (kx == 0 here: the loop breaks after it)
+          avx512::deinterleave2(reinterpret_cast<const float*>(src), reinterpret_cast<float*>(dst),
+                                reinterpret_cast<float*>(dst + images * rows * p.w), p.w);
+          break;
+        }
         for (int64_t ix = 0; ix < p.w; ++ix) {
           const int64_t ox = ix * p.kw + kx - p.pw;
           dst[ix] = ox >= 0 && ox < p.wo ? src[ox] : T(0);

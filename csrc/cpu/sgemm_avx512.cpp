@@ -213,9 +213,25 @@ void sgemm_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, i
   }
 }
 
+__attribute__((target("avx512f"))) void deinterleave2(const float* src, float* even, float* odd, int64_t n) {
+  const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 a = _mm512_loadu_ps(src + 2 * i), b = _mm512_loadu_ps(src + 2 * i + 16);
+    _mm512_storeu_ps(even + i, _mm512_permutex2var_ps(a, ie, b));
+    _mm512_storeu_ps(odd + i, _mm512_permutex2var_ps(a, io, b));
+  }
+  for (; i < n; ++i) even[i] = src[2 * i], odd[i] = src[2 * i + 1];
+}
+
 #else
 
 bool available() { return false; }
+
+void deinterleave2(const float*, float*, float*, int64_t) {
+  throw std::logic_error("fastseg: avx512::deinterleave2 called on a CPU without AVX-512 (check avx512::available())");
+}
 
 void sgemm(int64_t, int64_t, int64_t, const float*, int64_t, int64_t, const float*, int64_t, bool, float*, int64_t,
            bool) {

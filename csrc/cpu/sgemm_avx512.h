@@ -44,5 +44,9 @@ struct Rows {
 void sgemm_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
                 int64_t ldb, bool b_packed, const Rows& out, bool accumulate);
 
+// even[i] = src[2 i], odd[i] = src[2 i + 1] for i < n: the two taps of a kernel-2 stride-2 row of grad_output
+// (the NCHW k == s backward's gather).
+void deinterleave2(const float* src, float* even, float* odd, int64_t n);
+
 }  // namespace avx512
 }  // namespace fastseg

@@ -367,16 +367,15 @@ void shuffle_backward_nchw_avx512(const at::Tensor& gy, const at::Tensor& x, con
       const int64_t iy1 = std::min(p.h, iy0 + rows), pix0 = iy0 * p.w, np = (iy1 - iy0) * p.w, npix = ni * np;
       const int64_t np_packed = avx512::packed_b_size(kn, np), panels = (np + 31) / 32, gt_panels = (kn + 31) / 32;
       gather_nchw<float>(gy.data_ptr<float>(), g, p, n0, n1, iy0, iy1);
-      at::parallel_for(0, ni * panels + gt_panels, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {
-          if (t < ni * panels) {  // G of image m (B(q, pix) = g[q][m * np + pix]): its panel j of 32 pixels
-            const int64_t m = t / panels, j = t % panels;
-            avx512::pack_b(kn, np, g + m * np, npix, 1, gp + m * np_packed, j, j + 1);
-          } else {  // G^T (B(pix, q) = g[q][pix]): panel j of 32 (co, ky, kx)
-            const int64_t j = t - ni * panels;
-            avx512::pack_b(npix, kn, g, 1, npix, gtp, j, j + 1);
-          }
+      // Two loops, each split evenly: in one, the threads' shares had the cheap copies or the transposes.
+      at::parallel_for(0, ni * panels, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {  // G of image m (B(q, pix) = g[q][m * np + pix]): panel j of 32 pixels
+          const int64_t m = t / panels, j = t % panels;
+          avx512::pack_b(kn, np, g + m * np, npix, 1, gp + m * np_packed, j, j + 1);
         }
+      });
+      at::parallel_for(0, gt_panels, 1, [&](int64_t begin, int64_t end) {  // G^T (B(pix, q) = g[q][pix])
+        avx512::pack_b(npix, kn, g, 1, npix, gtp, begin, end);
       });
       at::parallel_for(0, (p.cin + 7) / 8, 1, [&](int64_t begin, int64_t end) {
         const int64_t c0 = begin * 8, c1 = std::min(p.cin, end * 8);

@@ -509,8 +509,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   avx512::sgemm), channels_last (1.1-1.9x oneDNN's backward) and NCHW: every fp32 layer on AVX-512
 //   (fwd+bwd 1.2-1.8x on the Zen 5 box, 0.99x on 2 x 512 x 4 x 4, where oneDNN's read 0.74-0.83x: section
 //   30), else those with <= 64 channels on a side (U-Net 128 -> 64); oneDNN on the other NCHW layers.
-//   Other backward: oneDNN (at::convolution_backward), through channels_last on few-channel NCHW layers
-//   as in the forward.
+//   Other backward: oneDNN (at::convolution_backward), through channels_last on NCHW layers with <= 40
+//   channels on a side (the forward takes that path up to 64).
 enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd };
 
 constexpr int64_t kDirectMaxChannels = 64;
@@ -579,6 +579,7 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
+constexpr int64_t kBackwardViaChannelsLastMaxChannels = 40;
 Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryFormat fmt) {
   static const int force = forced_route("FASTSEG_CONV_TRANSPOSE2D_CPU_BWD_ROUTE");
   if (force >= 0) return static_cast<Route>(force);
@@ -587,13 +588,16 @@ Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::Memory
   if (fmt == at::MemoryFormat::ChannelsLast) return p.shuffle() ? Route::kShuffle : Route::kOneDnn;
   // NCHW, kernel != stride: oneDNN's NCHW backward is ~2x slower than its channels_last one on
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
-  // costs. NCHW k == s (U-Net): our gather + GEMMs in blocks, on avx512::sgemm wherever it runs, else (with
+  // costs; from ~40 channels on, the copies cost more than they save (DeconvNet's 64-channel 3x3 layers on
+  // the Zen 5 box: 0.68-0.84x of PyTorch's fwd+bwd through channels_last, 1.02-1.07x as called; 48
+  // channels 0.88-0.92x against 0.96-1.09x; 40 channels a tie: section 30). NCHW k == s (U-Net): our gather + GEMMs in blocks, on avx512::sgemm wherever it runs, else (with
   // the BLAS's GEMMs) on layers with <= 64 channels on a side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the
   // harness); oneDNN's NCHW backward on the others (256 -> 128 with the BLAS: 20.4 vs 24-27 ms; the round
   // trip through channels_last was slower still).
   if (p.shuffle())
     return std::min(p.cin, p.cout) <= 64 || avx512_sgemm_fits(input, p) ? Route::kShuffle : Route::kOneDnn;
-  return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
+  return std::min(p.cin, p.cout) <= kBackwardViaChannelsLastMaxChannels ? Route::kOneDnnViaChannelsLast
+                                                                          : Route::kOneDnn;
 }
 
 // PyTorch's oneDNN deconvolution with the weight packed once (packed_weights.h: the per-call reorder is

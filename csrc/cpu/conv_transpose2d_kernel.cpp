@@ -348,7 +348,9 @@ void shuffle_backward_nhwc_avx512(const at::Tensor& gy, const at::Tensor& x, con
 void shuffle_backward_nchw_avx512(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
                                   const ConvT2dParams& p, at::Tensor& gi, at::Tensor& gw) {
   const int64_t kn = p.kh * p.kw * p.cout, plane = p.h * p.w;
-  const int64_t block_rows = gather_block_rows(kn * p.w * 4, p.n * p.h);  // rows (n, iy) of a block
+  // Rows (n, iy) of a block: ~2 MB of G, and of X's copy where a block holds several images (a layer with
+  // far more input channels than k * Cout would otherwise copy hundreds of MB of X).
+  const int64_t block_rows = gather_block_rows(std::max(kn, p.cin) * p.w * 4, p.n * p.h);
   const int64_t images = std::max<int64_t>(1, block_rows / p.h), rows = std::min(p.h, block_rows);
   const int64_t span = rows * p.w;  // one image's pixels in a block
   at::Tensor buffer = at::empty({kn * images * span}, x.options());

@@ -371,7 +371,7 @@ void shuffle_backward_nchw_avx512(const at::Tensor& gy, const at::Tensor& x, con
       gather_nchw<float>(gy.data_ptr<float>(), g, p, n0, n1, iy0, iy1);
       // Two loops, each split evenly: in one, the threads' shares had the cheap copies or the transposes.
       at::parallel_for(0, ni * panels, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t t = begin; t < end; ++t) {  // G of image m (B(q, pix) = g[q][m * np + pix]): panel j of 32 pixels
+        for (int64_t t = begin; t < end; ++t) {  // G of image m, B(q, pix) = g[q][m * np + pix]: 32-pixel panel j
           const int64_t m = t / panels, j = t % panels;
           avx512::pack_b(kn, np, g + m * np, npix, 1, gp + m * np_packed, j, j + 1);
         }
@@ -592,8 +592,9 @@ Route backward_route(const at::Tensor& input, const ConvT2dParams& p, at::Memory
   // few-channel layers (FCN's 21 classes: 379 vs 181 us), far more than copying such small tensors
   // costs; from ~40 channels on, the copies cost more than they save (DeconvNet's 64-channel 3x3 layers on
   // the Zen 5 box: 0.68-0.84x of PyTorch's fwd+bwd through channels_last, 1.02-1.07x as called; 48
-  // channels 0.88-0.92x against 0.96-1.09x; 40 channels a tie: section 30). NCHW k == s (U-Net): our gather + GEMMs in blocks, on avx512::sgemm wherever it runs, else (with
-  // the BLAS's GEMMs) on layers with <= 64 channels on a side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the
+  // channels 0.88-0.92x against 0.96-1.09x; 40 channels a tie: section 30).
+  // NCHW k == s (U-Net): our gather + GEMMs in blocks, on avx512::sgemm wherever it runs, else (with the
+  // BLAS's GEMMs) on layers with <= 64 channels on a side (U-Net 128 -> 64 fwd+bwd 38 -> 35 ms in the
   // harness); oneDNN's NCHW backward on the others (256 -> 128 with the BLAS: 20.4 vs 24-27 ms; the round
   // trip through channels_last was slower still).
   if (p.shuffle())

@@ -250,8 +250,9 @@ def _conv_transpose2d_backward(grad_output: torch.Tensor, input: torch.Tensor, w
                                dilation: List[int]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n, cin_g, cout_g, h, w, kh, kw = _dims(input, weight, groups)
     ho, wo = grad_output.shape[2], grad_output.shape[3]
-    grad_input = input.new_empty(input.shape).contiguous(memory_format=_memory_format(input, weight))
-    grad_weight = weight.new_empty(weight.shape)
+    fmt = _memory_format(input, weight)  # both gradients in the forward's memory format, as PyTorch's
+    grad_input = input.new_empty(input.shape).contiguous(memory_format=fmt)
+    grad_weight = weight.new_empty(weight.shape).contiguous(memory_format=fmt)
     grad_bias = grad_output.sum((0, 2, 3))
     consts = dict(SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], DH=dilation[0], DW=dilation[1],
                   KH=kh, KW=kw, **_precision(input.dtype))

@@ -530,6 +530,37 @@ def test_gradients_random_configs(backend_name):
     body()
 
 
+@pytest.mark.parametrize("layer", [
+    # (n, cin, cout, kernel, stride, padding, h, w): the native routes (direct, k == s, oneDNN, Winograd)
+    (2, 6, 5, 3, 1, 1, 5, 6),
+    (2, 16, 8, 2, 2, 0, 4, 8),
+    (1, 70, 72, 4, 2, 1, 3, 4),
+    (1, 96, 96, 3, 1, 1, 4, 4),
+])
+@pytest.mark.parametrize("x_cl,w_cl", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_memory_formats_are_pytorchs(backend_name, layer, x_cl, w_cl, dtype):
+    """grad_input and grad_weight in PyTorch's layouts: channels_last when the input or the weight is
+    (PyTorch's grad_weight follows the forward's memory format, not the weight's)."""
+    require_backend(backend_name, "cpu")
+    n, cin, cout, k, s, p, h, w = layer
+    if backend_name == "triton":  # the interpreter: few channels (the native routes do not apply to it)
+        cin, cout = min(cin, 8), min(cout, 8)
+    x, wt, b = make(n, cin, cout, 1, k, k, h, w, dtype)
+    x = x.contiguous(memory_format=torch.channels_last) if x_cl else x
+    wt = wt.contiguous(memory_format=torch.channels_last) if w_cl else wt
+    args = dict(stride=s, padding=p, output_padding=0, groups=1, dilation=1)
+    grads = []
+    for f in (lambda *t: run(backend_name, *t, args), lambda *t: F.conv_transpose2d(*t, **args)):
+        leaves = [t.clone().requires_grad_() for t in (x, wt, b)]
+        out = f(*leaves)
+        grads.append(torch.autograd.grad(out, leaves, torch.ones_like(out)))
+    for name, got, want in zip("xwb", *grads):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            assert got.is_contiguous(memory_format=fmt) == want.is_contiguous(memory_format=fmt), (name, fmt)
+        torch.testing.assert_close(got, want, atol=TOL[dtype] * 10, rtol=TOL[dtype] * 10, msg=f"grad {name}")
+
+
 @pytest.mark.parametrize("case", [
     ((1, 2, 2, 1, 2, 2, 3, 3), 2, 0, 0, 1),
     ((2, 2, 1, 2, 3, 3, 3, 2), 2, 1, 1, 1),

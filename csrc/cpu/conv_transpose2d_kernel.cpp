@@ -459,7 +459,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
     if (avx512_sgemm_fits(input, p)) {
       at::Tensor gw = at::empty({p.cin, k * p.cout}, input.options());
       shuffle_backward_nhwc_avx512(gy, x, w, p, gi, gw);
-      grad_weight = gw.view({p.cin, p.kh, p.kw, p.cout}).permute({0, 3, 1, 2}).contiguous();
+      grad_weight = gw.view({p.cin, p.kh, p.kw, p.cout}).permute({0, 3, 1, 2});  // channels_last strides
       return {grad_input, grad_weight, grad_bias};
     }
     // Blocks of input rows across images.
@@ -742,13 +742,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
 }
 
 
-// The layouts the fake kernel promises: grad_input in the forward's output format rule, grad_weight
-// contiguous.
+// The layouts the fake kernel promises, PyTorch's: grad_input and grad_weight in the forward's memory format
+// (channels_last if the input or the weight is).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cpu(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef stride,
     at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups, at::IntArrayRef dilation) {
   auto r = backward_routes(grad_output, input, weight, stride, padding, output_padding, groups, dilation);
-  return {std::get<0>(r).contiguous(conv_memory_format(input, weight)), std::get<1>(r).contiguous(), std::get<2>(r)};
+  const at::MemoryFormat fmt = conv_memory_format(input, weight);
+  return {std::get<0>(r).contiguous(fmt), std::get<1>(r).contiguous(fmt), std::get<2>(r)};
 }
 
 }  // namespace

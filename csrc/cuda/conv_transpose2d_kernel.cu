@@ -174,11 +174,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cuda(
   const at::cuda::CUDAGuard guard(input.device());
   const at::MemoryFormat fmt = conv_memory_format(input, weight);
   if (p.empty_output())  // no output element: every gradient is zero
-    return {at::zeros_like(input).contiguous(fmt), at::zeros_like(weight).contiguous(), at::zeros({p.cout}, input.options())};
+    return {at::zeros_like(input).contiguous(fmt), at::zeros_like(weight).contiguous(fmt),
+            at::zeros({p.cout}, input.options())};
   if (!p.shuffle()) {
     auto r = at::convolution_backward(grad_output, input, weight, std::vector<int64_t>{p.cout}, stride, padding,
                                       dilation, /*transposed=*/true, output_padding, groups, {true, true, true});
-    return {std::get<0>(r).contiguous(fmt), std::get<1>(r).contiguous(), std::get<2>(r)};
+    return {std::get<0>(r).contiguous(fmt), std::get<1>(r).contiguous(fmt), std::get<2>(r)};
   }
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   const int64_t k = p.kh * p.kw, plane = p.h * p.w;
@@ -226,7 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_transpose2d_backward_cuda(
     grad_weight = gw.view({p.groups, p.cin_g, p.kh, p.kw, p.cout_g}).permute({0, 1, 4, 2, 3})
                       .reshape({p.cin, p.cout_g, p.kh, p.kw});
   }
-  return {grad_input.contiguous(fmt), grad_weight.contiguous(), grad_bias};
+  return {grad_input.contiguous(fmt), grad_weight.contiguous(fmt), grad_bias};  // PyTorch's layouts (fake kernel)
 }
 
 }  // namespace

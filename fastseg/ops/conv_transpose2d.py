@@ -164,9 +164,11 @@ def _memory_format(input, weight):
 
 
 def fake_backward(grad_output, input, weight, stride, padding, output_padding, groups, dilation):
-    """Fake kernel of the backward ops (native and Triton): grad_input, grad_weight, grad_bias."""
-    return (input.new_empty(input.shape).contiguous(memory_format=_memory_format(input, weight)),
-            weight.new_empty(weight.shape), input.new_empty((weight.shape[1] * groups,)))
+    """Fake kernel of the backward ops (native and Triton): grad_input, grad_weight, grad_bias. Both
+    gradients in the forward's memory format, as PyTorch's (channels_last if the input or the weight is)."""
+    fmt = _memory_format(input, weight)
+    return (input.new_empty(input.shape).contiguous(memory_format=fmt),
+            weight.new_empty(weight.shape).contiguous(memory_format=fmt), input.new_empty((weight.shape[1] * groups,)))
 
 
 def setup_context(ctx, inputs, output):

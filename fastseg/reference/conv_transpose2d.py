@@ -27,10 +27,31 @@ def _channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
+class _GradLayout(torch.autograd.Function):
+    """The identity, whose gradient comes out in a given memory format: PyTorch returns the input and weight
+    gradients of a transposed convolution in its output's format (channels_last when the input or the
+    weight is), where the zero insertion, transpose and flip below would leave their own strides."""
+
+    @staticmethod
+    def forward(t, memory_format):
+        return t.view_as(t)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.memory_format = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=ctx.memory_format), None
+
+
 def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
                      output_padding=0, groups: int = 1, dilation=1, activation: str | None = None) -> Tensor:
     (sh, sw), (ph, pw), (oph, opw), (dh, dw) = map(_pair, (stride, padding, output_padding, dilation))
     unbatched = input.dim() == 3
+    if not unbatched and torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+        fmt = torch.channels_last if _channels_last(input) or _channels_last(weight) else torch.contiguous_format
+        input, weight = _GradLayout.apply(input, fmt), _GradLayout.apply(weight, fmt)
     x = input.unsqueeze(0) if unbatched else input
     n, cin, h, w = x.shape
     _, cout_g, kh, kw = weight.shape

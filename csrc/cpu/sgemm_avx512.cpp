@@ -67,10 +67,9 @@ __attribute__((target("avx512f"))) void transpose16(const float* src, int64_t ld
 #endif
 
 void pack_b(int64_t k, int64_t n, const float* b, int64_t b_rs, int64_t b_cs, float* packed, int64_t panel_begin,
-            int64_t panel_end, int64_t panel_depth) {
-  const int64_t depth = std::max(k, panel_depth);
+            int64_t panel_end) {
   for (int64_t jp = panel_begin; jp < panel_end; ++jp) {
-    float* dst = packed + jp * depth * kNR;
+    float* dst = packed + jp * k * kNR;
     const int64_t j0 = jp * kNR, nj = std::min(kNR, n - j0);
     for (int64_t p = 0; p < k; ++p) std::fill(dst + p * kNR + nj, dst + (p + 1) * kNR, 0.f);
     if (b_cs == 1) {

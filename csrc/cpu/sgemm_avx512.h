@@ -15,11 +15,9 @@ bool available();
 int64_t packed_b_size(int64_t k, int64_t n);
 
 // B (k x n, B(p, j) = b[p * b_rs + j * b_cs]) in zero-padded panels of 32 columns, [ceil(n / 32)][k][32]:
-// panels [panel_begin, panel_end) of them (callers split the panels between threads). With panel_depth
-// (> k), B is the slice of depth rows of a deeper packed matrix, [ceil(n / 32)][panel_depth][32], that
-// starts at `packed`: pass packed + p0 * 32 to fill its rows [p0, p0 + k).
+// panels [panel_begin, panel_end) of them (callers split the panels between threads).
 void pack_b(int64_t k, int64_t n, const float* b, int64_t b_rs, int64_t b_cs, float* packed, int64_t panel_begin,
-            int64_t panel_end, int64_t panel_depth = 0);
+            int64_t panel_end);
 
 // C (m x n, C(i, j) = c[i * ldc + j]) = A B, or C += A B when `accumulate`.
 // A(i, p) = a[i * a_rs + p * a_cs], read in place.

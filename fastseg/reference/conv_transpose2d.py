@@ -49,8 +49,10 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
                      output_padding=0, groups: int = 1, dilation=1, activation: str | None = None) -> Tensor:
     (sh, sw), (ph, pw), (oph, opw), (dh, dw) = map(_pair, (stride, padding, output_padding, dilation))
     unbatched = input.dim() == 3
+    # PyTorch's rule for the memory format of the output and both gradients
+    fmt = (torch.channels_last if not unbatched and (_channels_last(input) or _channels_last(weight))
+           else torch.contiguous_format)
     if not unbatched and torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
-        fmt = torch.channels_last if _channels_last(input) or _channels_last(weight) else torch.contiguous_format
         input, weight = _GradLayout.apply(input, fmt), _GradLayout.apply(weight, fmt)
     x = input.unsqueeze(0) if unbatched else input
     n, cin, h, w = x.shape
@@ -59,9 +61,7 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     ho = (h - 1) * sh - 2 * ph + dh * (kh - 1) + oph + 1
     wo = (w - 1) * sw - 2 * pw + dw * (kw - 1) + opw + 1
     if n == 0 or ho == 0 or wo == 0:  # F.conv2d refuses these (empty image or kernel larger than it); no output
-        cl = not unbatched and (_channels_last(input) or _channels_last(weight))
-        out = torch.empty(n, cout_g * groups, ho, wo, dtype=x.dtype, device=x.device,
-                          memory_format=torch.channels_last if cl else torch.contiguous_format)
+        out = torch.empty(n, cout_g * groups, ho, wo, dtype=x.dtype, device=x.device, memory_format=fmt)
         # no element; in the graph, for zero gradients; in place, to keep PyTorch's strides, which `+` would not
         out.add_((x.sum() + weight.sum() + (0 if bias is None else bias.sum())) * 0)
         return out.squeeze(0) if unbatched else out
@@ -77,6 +77,6 @@ def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, 
     out = F.conv2d(z, wt, bias, 1, 0, (dh, dw), groups)
     if activation == "relu":
         out = out.relu()
-    if not unbatched and (_channels_last(input) or _channels_last(weight)):
-        out = out.contiguous(memory_format=torch.channels_last)  # PyTorch's rule for the output format
+    if fmt == torch.channels_last:
+        out = out.contiguous(memory_format=fmt)
     return out.squeeze(0) if unbatched else out

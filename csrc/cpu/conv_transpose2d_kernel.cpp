@@ -513,7 +513,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   30), else those with <= 64 channels on a side (U-Net 128 -> 64); oneDNN on the other NCHW layers.
 //   Other backward: oneDNN (at::convolution_backward), through channels_last on NCHW layers with <= 40
 //   channels on a side (the forward takes that path up to 64).
-enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd };
+enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd, kOneDnnViaNchw };
 
 constexpr int64_t kDirectMaxChannels = 64;
 constexpr int64_t kDirectMaxChannels3x3 = 32;
@@ -562,6 +562,14 @@ at::Tensor from_channels_last(const at::Tensor& t, at::MemoryFormat fmt) {
   return at::empty(t.sizes(), t.options().memory_format(fmt)).copy_(t);
 }
 
+// t with NCHW's strides, so that PyTorch picks its NCHW kernels: .contiguous() keeps the channels_last strides
+// of a tensor both formats describe (a 1x1 weight [Cin, Cout, 1, 1], a 1x1 image), and PyTorch's oneDNN
+// calls take such a tensor for channels_last (suggest_memory_format).
+at::Tensor with_nchw_strides(const at::Tensor& t) {
+  if (t.is_contiguous() && t.suggest_memory_format() == at::MemoryFormat::Contiguous) return t;
+  return at::empty(t.sizes(), t.options()).copy_(t);
+}
+
 // A route forced by an environment variable (read once: getenv on every call measured in the per-call
 // overhead of the small FCN layers), or -1.
 int forced_route(const char* name) {
@@ -579,6 +587,16 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
   if (direct(input, p)) return Route::kDirect;
   if (fmt == at::MemoryFormat::ChannelsLast) return Route::kOneDnn;
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
+}
+
+// PyTorch's oneDNN backward on channels_last tensors corrupts the heap (a segfault or a glibc abort, at once
+// or calls later) on 1x1 kernels with a stride and an output padding: torch 2.14.1, fp32 and bf16, e.g.
+// [3, 4, 7, 8] -> 7, stride 2, output_padding 1, PyTorch's own F.conv_transpose2d on channels_last tensors
+// included; the NCHW backward of the same layers is sound (benchmarks/notes/conv_transpose2d.md,
+// section 31). Where such a layer would go to oneDNN, it goes in NCHW (NCHW strides: with_nchw_strides),
+// whatever its format.
+bool onednn_channels_last_backward_unsafe(const ConvT2dParams& p) {
+  return p.kh == 1 && p.kw == 1 && (p.sh > 1 || p.sw > 1) && (p.oph > 0 || p.opw > 0);
 }
 
 constexpr int64_t kBackwardViaChannelsLastMaxChannels = 40;
@@ -707,7 +725,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
   if (p.empty_output())  // no output element: every gradient is zero
     return {at::zeros_like(input).contiguous(fmt), at::zeros_like(weight).contiguous(), at::zeros({p.cout}, input.options())};
   const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
-  const Route route = backward_route(input, p, fmt);
+  Route route = backward_route(input, p, fmt);
+  if ((route == Route::kOneDnn || route == Route::kOneDnnViaChannelsLast) && onednn_channels_last_backward_unsafe(p))
+    route = Route::kOneDnnViaNchw;
   if (route == Route::kDirect && direct_conv_transpose2d_fits(input, p)) {
     const at::Tensor g = grad_output.contiguous(cl);  // what the direct kernels read
     at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));
@@ -735,6 +755,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
                                       std::vector<int64_t>{p.cout}, stride, padding, dilation, /*transposed=*/true,
                                       output_padding, groups, {true, true, true});
     return {std::get<0>(r).contiguous(fmt), std::get<1>(r).contiguous(), std::get<2>(r)};
+  }
+  if (route == Route::kOneDnnViaNchw) {
+    auto r = at::convolution_backward(with_nchw_strides(grad_output), with_nchw_strides(input),
+                                      with_nchw_strides(weight), std::vector<int64_t>{p.cout}, stride, padding,
+                                      dilation, /*transposed=*/true, output_padding, groups, {true, true, true});
+    return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};  // in PyTorch's formats: the caller's .contiguous
   }
   auto r = at::convolution_backward(grad_output, input, weight, std::vector<int64_t>{p.cout}, stride, padding,
                                     dilation, /*transposed=*/true, output_padding, groups, {true, true, true});

@@ -37,25 +37,31 @@ def _close(out, expected, inputs):
             raise AssertionError("fastseg's output is not in PyTorch's memory format")
 
 
-def _make(shape, cout, k, device, dtype, channels_last):
+def _make(shape, cout, k, s, p, device, dtype, channels_last, grad=False):
+    """Input, weight, bias (and, with `grad`, the incoming gradient: in a network the next layer's backward
+    produces it, so a training step of this layer does not allocate it), stride and padding."""
     def make(seed):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(*shape, generator=g)
         w = torch.randn(shape[1], cout, k, k, generator=g) / (shape[1] * k * k) ** 0.5
         b = torch.randn(cout, generator=g)
-        x, w, b = x.to(device, dtype), w.to(device, dtype), b.to(device, dtype)
-        if channels_last:
-            x, w = x.contiguous(memory_format=torch.channels_last), w.contiguous(memory_format=torch.channels_last)
-        return x, w, b
+        size = [(n - 1) * s - 2 * p + k for n in shape[2:]]
+        gy = torch.randn(shape[0], cout, *size, generator=g) if grad else None
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        x, w, b = x.to(device, dtype).contiguous(memory_format=fmt), w.to(device, dtype).contiguous(memory_format=fmt), b.to(device, dtype)
+        if not grad:
+            return x, w, b, s, p
+        return x, w, b, gy.to(device, dtype).contiguous(memory_format=fmt), s, p
     return make
 
 
 def _train_step(conv):
-    """Forward and backward (input, weight and bias gradients), what a training step pays."""
-    def step(x, w, b, s, p):
+    """Forward and backward (input, weight and bias gradients) from a given output gradient: what a
+    training step pays for this layer."""
+    def step(x, w, b, gy, s, p):
         leaves = [t.detach().requires_grad_() for t in (x, w, b)]
         out = conv(*leaves, stride=s, padding=p)
-        return torch.autograd.grad(out, leaves, torch.ones_like(out))
+        return torch.autograd.grad(out, leaves, gy)
     return step
 
 
@@ -69,17 +75,18 @@ def cases(device: str, quick: bool) -> list:
             for cl in (False, True):
                 fmt = "channels_last" if cl else "NCHW"
                 name = f"{net} {list(shape)}->{cout} k{k} s{s} p{p} {fmt}"
-                make = _make(shape, cout, k, device, dtype, cl)
+                make = _make(shape, cout, k, s, p, device, dtype, cl)
+                make_step = _make(shape, cout, k, s, p, device, dtype, cl, grad=True)
                 size = shape[0] * shape[2] * shape[3] * shape[1]
                 cases.append(Case(
                     "conv_transpose2d", name + " fwd", size, dtype, device,
-                    lambda seed, make=make, s=s, p=p: (*make(seed), s, p),
+                    make,
                     lambda x, w, b, s, p: fastseg.ops.conv_transpose2d(x, w, b, stride=s, padding=p),
                     lambda x, w, b, s, p: F.conv_transpose2d(x, w, b, stride=s, padding=p),
                     "torch", _close, CONV_TRANSPOSE2D_IMPLS))
                 cases.append(Case(
                     "conv_transpose2d", name + " fwd+bwd", size, dtype, device,
-                    lambda seed, make=make, s=s, p=p: (*make(seed), s, p),
+                    make_step,
                     _train_step(fastseg.ops.conv_transpose2d), _train_step(F.conv_transpose2d),
                     "torch", _close, CONV_TRANSPOSE2D_IMPLS))
     return cases

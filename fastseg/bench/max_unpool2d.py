@@ -13,14 +13,18 @@ SHAPES = [(2, 512, 7, 7), (2, 512, 14, 14), (2, 256, 28, 28), (2, 128, 56, 56), 
 QUICK = {1, 4}
 
 
-def _make(shape, device, dtype, channels_last):
+def _make(shape, device, dtype, channels_last, grad=False):
+    """Pooled values and indices (and, with `grad`, the unpooled output's incoming gradient: in a network
+    the next layer's backward produces it, so a training step of this layer does not allocate it)."""
     def make(seed):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(shape[0], shape[1], 2 * shape[2], 2 * shape[3], generator=g)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         values, indices = F.max_pool2d(x, 2, return_indices=True)
-        return values.to(device, dtype), indices.to(device)
+        if not grad:
+            return values.to(device, dtype), indices.to(device)
+        return values.to(device, dtype), indices.to(device), torch.randn_like(x, dtype=dtype, device=device)
     return make
 
 
@@ -36,10 +40,10 @@ def _check(out, expected, inputs):
 
 
 def _train_step(unpool):
-    def step(x, idx):
+    def step(x, idx, gy):
         leaf = x.detach().requires_grad_()
         out = unpool(leaf, idx, 2)
-        return torch.autograd.grad(out, leaf, torch.ones_like(out))
+        return torch.autograd.grad(out, leaf, gy)
     return step
 
 
@@ -52,11 +56,12 @@ def cases(device: str, quick: bool) -> list:
         for cl in (False, True):
             name = f"DeconvNet {list(shape)} -> x2 {'channels_last' if cl else 'NCHW'}"
             make = _make(shape, device, dtype, cl)
+            make_step = _make(shape, device, dtype, cl, grad=True)
             size = shape[0] * shape[1] * shape[2] * shape[3]
             cases.append(Case("max_unpool2d", name + " fwd", size, dtype, device, make,
                               lambda x, idx: fastseg.ops.max_unpool2d(x, idx, 2),
                               lambda x, idx: F.max_unpool2d(x, idx, 2), "torch", _check, MAX_UNPOOL2D_IMPLS))
-            cases.append(Case("max_unpool2d", name + " fwd+bwd", size, dtype, device, make,
+            cases.append(Case("max_unpool2d", name + " fwd+bwd", size, dtype, device, make_step,
                               _train_step(fastseg.ops.max_unpool2d), _train_step(F.max_unpool2d), "torch",
                               _check, MAX_UNPOOL2D_IMPLS))
     return cases

@@ -432,37 +432,40 @@ def test_native_winograd_every_shape_when_forced(kernel, stride):
     assert out.stdout.split()[-1] == "ok"
 
 
-def test_native_1x1_strided_output_padding_backward_is_sound():
-    """1x1 kernels with a stride and an output padding: PyTorch's oneDNN backward on channels_last tensors
-    corrupts the heap there (torch 2.14.1), so the native backend must not send them to it. Run in a child
-    with glibc's heap checks on (and its checking allocator where installed), which turn the corruption
-    into an abort at the first bad free; gradients against fp64 PyTorch in NCHW."""
+def test_native_backward_of_kernels_shorter_than_the_stride_is_sound():
+    """Layers whose kernel spans less than the stride (output pixels no tap reaches): PyTorch's oneDNN
+    backward on channels_last tensors corrupts the heap on some (1x1 kernels with an output padding) and
+    returns an uninitialised weight gradient on others (bf16, 1-pixel-wide images), torch 2.14.1; the native
+    backend must not send them there. Run in a child with glibc's heap checks on (and its checking allocator
+    where installed: the corruption aborts at the first bad free) and fresh memory filled with a byte
+    pattern (unwritten elements show); gradients against fp64 PyTorch in NCHW."""
     require_backend("native", "cpu")
     code = ("import torch, torch.nn.functional as F, fastseg\n"
             "cl = torch.channels_last\n"
-            "layers = [((3, 4, 7, 8), 7, (2, 4), (1, 3)), ((2, 80, 5, 6), 70, (2, 2), (1, 1)),\n"
-            "          ((2, 8, 5, 6), 70, (3, 1), (2, 0)), ((1, 100, 4, 4), 3, (1, 2), (0, 1))]\n"
+            "layers = [((3, 4, 7, 8), 7, (1, 1), (2, 4), (0, 0), (1, 3)), ((2, 80, 5, 6), 70, (1, 1), (2, 2), (0, 0), (1, 1)),\n"
+            "          ((2, 8, 5, 6), 70, (1, 1), (3, 1), (0, 0), (2, 0)), ((1, 100, 4, 4), 3, (1, 1), (1, 2), (0, 0), (0, 1)),\n"
+            "          ((3, 5, 3, 1), 4, (1, 4), (4, 4), (0, 2), (0, 2)), ((3, 6, 7, 1), 5, (1, 3), (1, 4), (0, 1), (0, 2))]\n"
             "for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):\n"
-            "    for i, (shape, cout, stride, output_padding) in enumerate(layers):\n"
+            "    for i, (shape, cout, kernel, stride, padding, output_padding) in enumerate(layers):\n"
+            "        args = dict(stride=stride, padding=padding, output_padding=output_padding)\n"
             "        for xf, wf in ((None, None), (cl, cl), (None, cl), (cl, None)):\n"
             "            g = torch.Generator().manual_seed(i)\n"
-            "            x, w = torch.randn(shape, generator=g), torch.randn(shape[1], cout, 1, 1, generator=g)\n"
+            "            x, w = torch.randn(shape, generator=g), torch.randn(shape[1], cout, *kernel, generator=g)\n"
             "            b = torch.randn(cout, generator=g)\n"
             "            xs, ws = x.to(dtype, memory_format=xf or torch.contiguous_format), \\\n"
             "                w.to(dtype, memory_format=wf or torch.contiguous_format)\n"
             "            leaves = [t.detach().requires_grad_() for t in (xs, ws, b.to(dtype))]\n"
             "            for _ in range(3):  # a corrupted heap shows at a later free\n"
-            "                out = fastseg.ops.conv_transpose2d(*leaves, stride=stride, output_padding=output_padding)\n"
+            "                out = fastseg.ops.conv_transpose2d(*leaves, **args)\n"
             "                gy = torch.randn(out.shape, generator=g)\n"
             "                got = torch.autograd.grad(out, leaves, gy.to(dtype))\n"
             "            ref = [t.double().requires_grad_() for t in (x, w, b)]\n"
-            "            want = torch.autograd.grad(F.conv_transpose2d(*ref, stride=stride, output_padding=output_padding),\n"
-            "                                       ref, gy.double())\n"
+            "            want = torch.autograd.grad(F.conv_transpose2d(*ref, **args), ref, gy.double())\n"
             "            for a, e in zip(got, want):\n"
             "                err = (a.double() - e).abs().max().item() / max(1.0, e.abs().max().item())\n"
-            "                assert err < tol, (dtype, shape, xf, wf, err)\n"
+            "                assert err < tol, (dtype, shape, kernel, xf, wf, err)\n"
             "print('ok')\n")
-    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.check=3")
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.check=3", MALLOC_PERTURB_="165")
     debug_malloc = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
     if os.path.exists(debug_malloc):
         env["LD_PRELOAD"] = debug_malloc

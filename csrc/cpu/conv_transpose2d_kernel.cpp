@@ -589,14 +589,15 @@ Route forward_route(const at::Tensor& input, const ConvT2dParams& p, at::MemoryF
   return std::min(p.cin, p.cout) <= 64 ? Route::kOneDnnViaChannelsLast : Route::kOneDnn;
 }
 
-// PyTorch's oneDNN backward on channels_last tensors corrupts the heap (a segfault or a glibc abort, at once
-// or calls later) on 1x1 kernels with a stride and an output padding: torch 2.14.1, fp32 and bf16, e.g.
-// [3, 4, 7, 8] -> 7, stride 2, output_padding 1, PyTorch's own F.conv_transpose2d on channels_last tensors
-// included; the NCHW backward of the same layers is sound (benchmarks/notes/conv_transpose2d.md,
-// section 31). Where such a layer would go to oneDNN, it goes in NCHW (NCHW strides: with_nchw_strides),
-// whatever its format.
+// PyTorch's oneDNN backward on channels_last tensors is unsound on layers whose kernel spans less than the
+// stride ((k - 1) * d + 1 < s: output pixels no tap reaches): it corrupts the heap (a segfault or a glibc
+// abort, at once or calls later; fp32 and bf16, e.g. [3, 4, 7, 8] -> 7, 1x1, stride 2, output_padding 1) or
+// returns a weight gradient of uninitialised memory (bf16, 1-pixel-wide images), torch 2.14.1, PyTorch's
+// own F.conv_transpose2d on channels_last tensors included. Its NCHW backward of the same layers is sound
+// (random layers under glibc's heap checks: benchmarks/notes/conv_transpose2d.md, section 31). Where such a
+// layer would go to oneDNN, it goes in NCHW (with NCHW strides: with_nchw_strides), whatever its format.
 bool onednn_channels_last_backward_unsafe(const ConvT2dParams& p) {
-  return p.kh == 1 && p.kw == 1 && (p.sh > 1 || p.sw > 1) && (p.oph > 0 || p.opw > 0);
+  return (p.kh - 1) * p.dh + 1 < p.sh || (p.kw - 1) * p.dw + 1 < p.sw;
 }
 
 constexpr int64_t kBackwardViaChannelsLastMaxChannels = 40;

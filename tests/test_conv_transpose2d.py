@@ -432,19 +432,22 @@ def test_native_winograd_every_shape_when_forced(kernel, stride):
     assert out.stdout.split()[-1] == "ok"
 
 
-def test_native_backward_of_kernels_shorter_than_the_stride_is_sound():
-    """Layers whose kernel spans less than the stride (output pixels no tap reaches): PyTorch's oneDNN
-    backward on channels_last tensors corrupts the heap on some (1x1 kernels with an output padding) and
-    returns an uninitialised weight gradient on others (bf16, 1-pixel-wide images), torch 2.14.1; the native
-    backend must not send them there. Run in a child with glibc's heap checks on (and its checking allocator
-    where installed: the corruption aborts at the first bad free) and fresh memory filled with a byte
-    pattern (unwritten elements show); gradients against fp64 PyTorch in NCHW."""
+def test_native_backward_of_degenerate_layers_is_sound():
+    """Layers with output pixels no tap reaches (the kernel spans less than the stride, output_padding
+    beyond padding) or taps that reach no output pixel (tiny images): PyTorch's oneDNN backward on
+    channels_last tensors corrupts the heap on some (1x1 kernels with an output padding) and returns bf16
+    gradients with elements of uninitialised memory on others, torch 2.14.1; the native backend must not
+    send them there. Run in a child with glibc's heap checks on (and its checking allocator where
+    installed: the corruption aborts at the first bad free) and fresh memory filled with a byte pattern
+    (unwritten elements show); gradients against fp64 PyTorch in NCHW."""
     require_backend("native", "cpu")
     code = ("import torch, torch.nn.functional as F, fastseg\n"
             "cl = torch.channels_last\n"
             "layers = [((3, 4, 7, 8), 7, (1, 1), (2, 4), (0, 0), (1, 3)), ((2, 80, 5, 6), 70, (1, 1), (2, 2), (0, 0), (1, 1)),\n"
             "          ((2, 8, 5, 6), 70, (1, 1), (3, 1), (0, 0), (2, 0)), ((1, 100, 4, 4), 3, (1, 1), (1, 2), (0, 0), (0, 1)),\n"
-            "          ((3, 5, 3, 1), 4, (1, 4), (4, 4), (0, 2), (0, 2)), ((3, 6, 7, 1), 5, (1, 3), (1, 4), (0, 1), (0, 2))]\n"
+            "          ((3, 5, 3, 1), 4, (1, 4), (4, 4), (0, 2), (0, 2)), ((3, 6, 7, 1), 5, (1, 3), (1, 4), (0, 1), (0, 2)),\n"
+            "          ((2, 5, 4, 1), 6, (2, 4), (2, 3), (1, 2), (1, 1)),  # taps that reach no output pixel\n"
+            "          ((2, 7, 3, 1), 1, (2, 4), (1, 3), (0, 0), (0, 2))]  # output_padding > padding: the last pixels\n"
             "for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):\n"
             "    for i, (shape, cout, kernel, stride, padding, output_padding) in enumerate(layers):\n"
             "        args = dict(stride=stride, padding=padding, output_padding=output_padding)\n"

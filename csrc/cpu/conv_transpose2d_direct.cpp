@@ -77,10 +77,23 @@ struct Hi<true> {
   static FASTSEG_AVX512 V narrow(__m512 v) { return _mm512_castps512_ps256(v); }
 };
 
-// One tile: acc[r] = sum over taps t and channels c of src[t][r][c] * w[t][c][0:32], then bias, ReLU,
+// Where pixel r of a tile reads tap t's channels: anywhere (a pointer per pixel and tap, a zero vector for
+// pixels outside the map), or at base[t] + r * step (consecutive pixels all inside the map: the forward's
+// inner tiles, which then skip the per-pixel pointer setup, ~8% of FCN's k16 s8 forward).
+struct Scattered {
+  const float* const* p;
+  const float* operator()(int64_t t, int r) const { return p[t * kR + r]; }
+};
+struct Strided {
+  const float* const* base;
+  int64_t step;
+  const float* operator()(int64_t t, int r) const { return base[t] + r * step; }
+};
+
+// One tile: acc[r] = sum over taps t and channels c of src(t, r)[c] * w[t][c][0:32], then bias, ReLU,
 // and masked stores of the `m0`/`m1` lanes to dst[r] (channels contiguous).
-template <int R, bool Narrow>
-FASTSEG_AVX512 void tile(const float* const* src, const float* const* w, int64_t taps, int64_t C, const float* bias,
+template <int R, bool Narrow, class Src>
+FASTSEG_AVX512 void tile(const Src& src, const float* const* w, int64_t taps, int64_t C, const float* bias,
                          bool relu, float* const* dst, __mmask16 m0, __mmask16 m1) {
   using H = Hi<Narrow>;
   __m512 a0[R];
@@ -88,7 +101,9 @@ FASTSEG_AVX512 void tile(const float* const* src, const float* const* w, int64_t
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) a0[r] = _mm512_setzero_ps(), a1[r] = H::zero();
   for (int64_t t = 0; t < taps; ++t) {
-    const float* const* s = src + t * kR;
+    const float* s[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) s[r] = src(t, r);
     const float* wt = w[t];
     for (int64_t c = 0; c < C; ++c, wt += kV) {
       const __m512 w0 = _mm512_loadu_ps(wt);
@@ -113,8 +128,8 @@ FASTSEG_AVX512 void tile(const float* const* src, const float* const* w, int64_t
   }
 }
 
-template <bool Narrow>
-void run_tile(int r, const float* const* src, const float* const* w, int64_t taps, int64_t C, const float* bias,
+template <bool Narrow, class Src>
+void run_tile(int r, const Src& src, const float* const* w, int64_t taps, int64_t C, const float* bias,
               bool relu, float* const* dst, __mmask16 m0, __mmask16 m1) {
   switch (r) {
     case 8: return tile<8, Narrow>(src, w, taps, C, bias, relu, dst, m0, m1);
@@ -132,7 +147,8 @@ void run_tile(int r, const float* const* src, const float* const* w, int64_t tap
 constexpr int64_t kNarrowChannels = 24;
 
 // `channels` (<= 32) valid lanes of a tile.
-void run_tile(int r, int64_t channels, const float* const* src, const float* const* w, int64_t taps, int64_t C,
+template <class Src>
+void run_tile(int r, int64_t channels, const Src& src, const float* const* w, int64_t taps, int64_t C,
               const float* bias, bool relu, float* const* dst, __mmask16 m0, __mmask16 m1) {
   if (channels <= kNarrowChannels)
     run_tile<true>(r, src, w, taps, C, bias, relu, dst, m0, m1);
@@ -274,7 +290,7 @@ void direct_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& 
   const int64_t blocks = (p.cout + kV - 1) / kV, k = p.kh * p.kw;
   const std::vector<float> zeros(p.cin, 0.f);
   at::parallel_for(0, p.n * p.ho * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<const float*> src(k * kR), w(k);
+    std::vector<const float*> src(k * kR), base(k), w(k);
     std::vector<float> row(cl ? 0 : p.wo * kV);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t cb = task % blocks, oy = (task / blocks) % p.ho, n = task / (blocks * p.ho);
@@ -286,15 +302,23 @@ void direct_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& 
         for (int64_t oxt = ox0; oxt < p.wo; oxt += kR * p.sw) {
           const int r = static_cast<int>(std::min<int64_t>(kR, (p.wo - oxt + p.sw - 1) / p.sw));
           const int64_t qx0 = (oxt + p.pw) / p.sw;  // (ox + pw) / s of the tile's first pixel; +1 per pixel
+          // Pixel i of the tile reads input column qx0 + i - jx for tap column jx in [0, jx_end): all inside
+          // the row for an inner tile.
+          const int64_t jx_end = rx < p.kw ? (p.kw - 1 - rx) / p.sw + 1 : 0;
+          const bool inner = qx0 - (jx_end - 1) >= 0 && qx0 + r <= p.w;
           int64_t taps = 0;
           for (int64_t ky = ry; ky < p.kh; ky += p.sh) {
             const int64_t iy = qy - (ky - ry) / p.sh;
             if (iy < 0 || iy >= p.h) continue;
             const float* xrow = xp + (n * p.h + iy) * p.w * p.cin;
             for (int64_t kx = rx, jx = 0; kx < p.kw; kx += p.sw, ++jx) {
-              for (int i = 0; i < r; ++i) {  // pixel i of the tile reads input column qx0 + i - jx
-                const int64_t ix = qx0 + i - jx;
-                src[taps * kR + i] = ix >= 0 && ix < p.w ? xrow + ix * p.cin : zeros.data();
+              if (inner) {
+                base[taps] = xrow + (qx0 - jx) * p.cin;
+              } else {
+                for (int i = 0; i < r; ++i) {
+                  const int64_t ix = qx0 + i - jx;
+                  src[taps * kR + i] = ix >= 0 && ix < p.w ? xrow + ix * p.cin : zeros.data();
+                }
               }
               w[taps++] = wp + ((cb * k) + ky * p.kw + kx) * p.cin * kV;
             }
@@ -304,7 +328,11 @@ void direct_conv_transpose2d_forward(const at::Tensor& input, const at::Tensor& 
             const int64_t ox = oxt + i * p.sw;
             dst[i] = cl ? op + ((n * p.ho + oy) * p.wo + ox) * p.cout + c0 : row.data() + ox * kV;
           }
-          run_tile(r, nc, src.data(), w.data(), taps, p.cin, bp ? bp + c0 : nullptr, relu, dst, m0, m1);
+          const float* b = bp ? bp + c0 : nullptr;
+          if (inner)
+            run_tile(r, nc, Strided{base.data(), p.cin}, w.data(), taps, p.cin, b, relu, dst, m0, m1);
+          else
+            run_tile(r, nc, Scattered{src.data()}, w.data(), taps, p.cin, b, relu, dst, m0, m1);
         }
       }
       if (!cl) store_row_nchw(row.data(), op + ((n * p.cout + c0) * p.ho + oy) * p.wo, p.wo, nc, p.ho * p.wo);
@@ -347,7 +375,7 @@ void direct_conv_transpose2d_grad_input(const at::Tensor& grad_output, const at:
         float* dst[kR];
         for (int i = 0; i < r; ++i)
           dst[i] = cl ? op + ((n * p.h + iy) * p.w + ixt + i) * p.cin + c0 : row.data() + (ixt + i) * kV;
-        run_tile(r, nc, src.data(), w.data(), taps, p.cout, nullptr, false, dst, m0, m1);
+        run_tile(r, nc, Scattered{src.data()}, w.data(), taps, p.cout, nullptr, false, dst, m0, m1);
       }
       if (!cl) store_row_nchw(row.data(), op + ((n * p.cin + c0) * p.h + iy) * p.w, p.w, nc, p.h * p.w);
     }

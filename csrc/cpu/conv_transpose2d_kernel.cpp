@@ -512,8 +512,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   (fwd+bwd 1.2-1.8x on the Zen 5 box, 0.99x on 2 x 512 x 4 x 4, where oneDNN's read 0.74-0.83x: section
 //   30), else those with <= 64 channels on a side (U-Net 128 -> 64); oneDNN on the other NCHW layers.
 //   Other backward: oneDNN (at::convolution_backward), through channels_last on NCHW layers with <= 40
-//   channels on a side (the forward takes that path up to 64).
-enum class Route { kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd, kOneDnnViaNchw };
+//   channels on a side (the forward takes that path up to 64); in NCHW, either format, on degenerate
+//   layers, where its channels_last backward is unsound (onednn_channels_last_backward_unsafe).
+enum class Route {
+  kShuffle, kOneDnn, kOneDnnViaChannelsLast, kShuffleViaChannelsLast, kDirect, kWinograd, kOneDnnViaNchw
+};
 
 constexpr int64_t kDirectMaxChannels = 64;
 constexpr int64_t kDirectMaxChannels3x3 = 32;
@@ -614,7 +617,8 @@ bool dense_dimension(int64_t k, int64_t d, int64_t s, int64_t pad, int64_t in, i
 // checks: benchmarks/notes/conv_transpose2d.md, section 31). Where such a layer would go to oneDNN, it goes
 // in NCHW (with NCHW strides: with_nchw_strides), whatever its format. Checked only on that route: O(in * k).
 bool onednn_channels_last_backward_unsafe(const ConvT2dParams& p) {
-  return !dense_dimension(p.kh, p.dh, p.sh, p.ph, p.h, p.ho) || !dense_dimension(p.kw, p.dw, p.sw, p.pw, p.w, p.wo);
+  return !dense_dimension(p.kh, p.dh, p.sh, p.ph, p.h, p.ho) ||
+         !dense_dimension(p.kw, p.dw, p.sw, p.pw, p.w, p.wo);
 }
 
 constexpr int64_t kBackwardViaChannelsLastMaxChannels = 40;
@@ -744,8 +748,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_routes(
     return {at::zeros_like(input).contiguous(fmt), at::zeros_like(weight).contiguous(), at::zeros({p.cout}, input.options())};
   const at::MemoryFormat cl = at::MemoryFormat::ChannelsLast;
   Route route = backward_route(input, p, fmt);
-  if ((route == Route::kOneDnn || route == Route::kOneDnnViaChannelsLast) && onednn_channels_last_backward_unsafe(p))
-    route = Route::kOneDnnViaNchw;
+  const bool onednn = route == Route::kOneDnn || route == Route::kOneDnnViaChannelsLast;
+  if (onednn && onednn_channels_last_backward_unsafe(p)) route = Route::kOneDnnViaNchw;
   if (route == Route::kDirect && direct_conv_transpose2d_fits(input, p)) {
     const at::Tensor g = grad_output.contiguous(cl);  // what the direct kernels read
     at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));

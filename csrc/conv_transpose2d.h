@@ -3,7 +3,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <array>
+#include <vector>
 
 namespace fastseg {
 
@@ -98,6 +100,44 @@ inline at::MemoryFormat conv_memory_format(const at::Tensor& input, const at::Te
                  weight.suggest_memory_format() == at::MemoryFormat::ChannelsLast
              ? at::MemoryFormat::ChannelsLast
              : at::MemoryFormat::Contiguous;
+}
+
+// t with NCHW's strides, so that PyTorch picks its NCHW kernels: .contiguous() keeps the channels_last strides
+// of a tensor both formats describe (a 1x1 weight [Cin, Cout, 1, 1], a 1x1 image), and PyTorch's oneDNN
+// calls take such a tensor for channels_last (suggest_memory_format).
+inline at::Tensor with_nchw_strides(const at::Tensor& t) {
+  if (t.is_contiguous() && t.suggest_memory_format() == at::MemoryFormat::Contiguous) return t;
+  return at::empty(t.sizes(), t.options()).copy_(t);
+}
+
+// Whether, along one dimension, every output pixel receives a tap and every tap reaches an output pixel
+// (input pixel i puts tap t at i * s + t * d - pad). Not so where the kernel spans less than the stride,
+// where output_padding exceeds padding (the last output_padding - padding pixels), on tiny images with
+// large padding (taps that land outside).
+inline bool dense_dimension(int64_t k, int64_t d, int64_t s, int64_t pad, int64_t in, int64_t out) {
+  std::vector<char> reached(out, 0);
+  for (int64_t t = 0; t < k; ++t) {
+    bool lands = false;
+    for (int64_t i = 0; i < in; ++i) {
+      const int64_t o = i * s + t * d - pad;
+      if (o >= 0 && o < out) reached[o] = 1, lands = true;
+    }
+    if (!lands) return false;
+  }
+  return std::all_of(reached.begin(), reached.end(), [](char r) { return r != 0; });
+}
+
+// PyTorch's oneDNN backward on channels_last tensors is unsound on layers with output pixels no tap reaches
+// or taps that reach no output pixel: it corrupts the heap (a segfault or a glibc abort, at once or calls
+// later; fp32 and bf16, e.g. [3, 4, 7, 8] -> 7, 1x1, stride 2, output_padding 1) or returns bf16 gradients
+// with elements of uninitialised memory, torch 2.14.1, PyTorch's own F.conv_transpose2d on channels_last
+// tensors included. Its NCHW backward of the same layers is sound (random layers under glibc's heap
+// checks: benchmarks/notes/conv_transpose2d.md, section 31). Where such a layer would go to oneDNN (the CPU
+// backward's oneDNN routes, the double backward of conv_transpose2d_autograd.cpp), it goes in NCHW (with NCHW
+// strides: with_nchw_strides), whatever its format. Checked only there: O(input size * kernel).
+inline bool onednn_channels_last_backward_unsafe(const ConvT2dParams& p) {
+  return !dense_dimension(p.kh, p.dh, p.sh, p.ph, p.h, p.ho) ||
+         !dense_dimension(p.kw, p.dw, p.sw, p.pw, p.w, p.wo);
 }
 
 // fp32 NCHW kernel-2 stride-2 transposed convolution as one GEMM pass with a pixel-shuffle epilogue

@@ -10,6 +10,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "conv_transpose2d.h"
+
 namespace fastseg {
 namespace {
 
@@ -65,10 +67,21 @@ class ConvTranspose2dFunction : public torch::autograd::Function<ConvTranspose2d
     at::Tensor gi, gw, gb;
     if (at::GradMode::is_enabled()) {
       // create_graph=True (double backward, gradient penalties): the gradients must be differentiable
-      // themselves, which fastseg's backward kernels are not; PyTorch's convolution_backward is.
+      // themselves, which fastseg's backward kernels are not; PyTorch's convolution_backward is. On the CPU,
+      // degenerate layers go to it in NCHW (its channels_last backward is unsound on them: see
+      // onednn_channels_last_backward_unsafe), the gradients then made PyTorch's formats (differentiably).
+      at::Tensor g = grad, x = saved[0], w = saved[1];
+      const bool nchw = x.device().is_cpu() &&
+                        onednn_channels_last_backward_unsafe(check_conv_transpose2d(
+                            "conv_transpose2d", x, w, stride, padding, output_padding, groups, dilation));
+      if (nchw) g = with_nchw_strides(g), x = with_nchw_strides(x), w = with_nchw_strides(w);
       std::tie(gi, gw, gb) = at::convolution_backward(
-          grad, saved[0], saved[1], std::vector<int64_t>{saved[1].size(1) * groups}, stride, padding, dilation,
+          g, x, w, std::vector<int64_t>{saved[1].size(1) * groups}, stride, padding, dilation,
           /*transposed=*/true, output_padding, groups, {true, true, has_bias});
+      if (nchw) {
+        const at::MemoryFormat fmt = conv_memory_format(saved[0], saved[1]);
+        gi = gi.contiguous(fmt), gw = gw.contiguous(fmt);
+      }
     } else {
       std::tie(gi, gw, gb) = op.call(grad, saved[0], saved[1], stride, padding, output_padding, groups, dilation);
     }

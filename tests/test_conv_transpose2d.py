@@ -432,22 +432,38 @@ def test_native_winograd_every_shape_when_forced(kernel, stride):
     assert out.stdout.split()[-1] == "ok"
 
 
+def run_under_heap_checks(code):
+    """Runs `code` in a child with glibc's heap checks on (and its checking allocator where installed: a
+    corrupted heap aborts at the first bad free) and fresh memory filled with a byte pattern (unwritten
+    elements show); the child must exit cleanly and print 'ok'."""
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.check=3", MALLOC_PERTURB_="165")
+    debug_malloc = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
+    if os.path.exists(debug_malloc):
+        env["LD_PRELOAD"] = debug_malloc
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, f"exit status {out.returncode}: {out.stderr[-2000:]}"
+    assert out.stdout.split()[-1] == "ok"
+
+
 def test_native_backward_of_degenerate_layers_is_sound():
     """Layers with output pixels no tap reaches (the kernel spans less than the stride, output_padding
     beyond padding) or taps that reach no output pixel (tiny images): PyTorch's oneDNN backward on
     channels_last tensors corrupts the heap on some (1x1 kernels with an output padding) and returns bf16
     gradients with elements of uninitialised memory on others, torch 2.14.1; the native backend must not
-    send them there. Run in a child with glibc's heap checks on (and its checking allocator where
-    installed: the corruption aborts at the first bad free) and fresh memory filled with a byte pattern
-    (unwritten elements show); gradients against fp64 PyTorch in NCHW."""
+    send them there. In a child under glibc's heap checks and a byte pattern (run_under_heap_checks);
+    gradients against fp64 PyTorch in NCHW."""
     require_backend("native", "cpu")
     code = ("import torch, torch.nn.functional as F, fastseg\n"
             "cl = torch.channels_last\n"
-            "layers = [((3, 4, 7, 8), 7, (1, 1), (2, 4), (0, 0), (1, 3)), ((2, 80, 5, 6), 70, (1, 1), (2, 2), (0, 0), (1, 1)),\n"
-            "          ((2, 8, 5, 6), 70, (1, 1), (3, 1), (0, 0), (2, 0)), ((1, 100, 4, 4), 3, (1, 1), (1, 2), (0, 0), (0, 1)),\n"
-            "          ((3, 5, 3, 1), 4, (1, 4), (4, 4), (0, 2), (0, 2)), ((3, 6, 7, 1), 5, (1, 3), (1, 4), (0, 1), (0, 2)),\n"
+            # (input shape, output channels, kernel, stride, padding, output_padding)
+            "layers = [((3, 4, 7, 8), 7, (1, 1), (2, 4), (0, 0), (1, 3)),\n"
+            "          ((2, 80, 5, 6), 70, (1, 1), (2, 2), (0, 0), (1, 1)),\n"
+            "          ((2, 8, 5, 6), 70, (1, 1), (3, 1), (0, 0), (2, 0)),\n"
+            "          ((1, 100, 4, 4), 3, (1, 1), (1, 2), (0, 0), (0, 1)),\n"
+            "          ((3, 5, 3, 1), 4, (1, 4), (4, 4), (0, 2), (0, 2)),\n"
+            "          ((3, 6, 7, 1), 5, (1, 3), (1, 4), (0, 1), (0, 2)),\n"
             "          ((2, 5, 4, 1), 6, (2, 4), (2, 3), (1, 2), (1, 1)),  # taps that reach no output pixel\n"
-            "          ((2, 7, 3, 1), 1, (2, 4), (1, 3), (0, 0), (0, 2))]  # output_padding > padding: the last pixels\n"
+            "          ((2, 7, 3, 1), 1, (2, 4), (1, 3), (0, 0), (0, 2))]  # output_padding > padding\n"
             "for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):\n"
             "    for i, (shape, cout, kernel, stride, padding, output_padding) in enumerate(layers):\n"
             "        args = dict(stride=stride, padding=padding, output_padding=output_padding)\n"
@@ -468,13 +484,39 @@ def test_native_backward_of_degenerate_layers_is_sound():
             "                err = (a.double() - e).abs().max().item() / max(1.0, e.abs().max().item())\n"
             "                assert err < tol, (dtype, shape, kernel, xf, wf, err)\n"
             "print('ok')\n")
-    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.check=3", MALLOC_PERTURB_="165")
-    debug_malloc = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
-    if os.path.exists(debug_malloc):
-        env["LD_PRELOAD"] = debug_malloc
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, f"exit status {out.returncode}: {out.stderr[-2000:]}"
-    assert out.stdout.split()[-1] == "ok"
+    run_under_heap_checks(code)
+
+
+def test_native_double_backward_of_degenerate_layers_is_sound():
+    """create_graph=True on a degenerate channels_last layer (1x1 kernel, stride and output padding): the
+    native backward hands the gradients to PyTorch's differentiable convolution_backward, which must get
+    it in NCHW (see the test above); first and second-order gradients against fp64 PyTorch, in a child
+    under glibc's heap checks and a byte pattern."""
+    require_backend("native", "cpu")
+    code = ("import torch, torch.nn.functional as F, fastseg\n"
+            "cl = torch.channels_last\n"
+            "args = dict(stride=(2, 4), output_padding=(1, 3))\n"
+            "for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):\n"
+            "    g = torch.Generator().manual_seed(0)\n"
+            "    x, w = torch.randn(3, 4, 7, 8, generator=g), torch.randn(4, 7, 1, 1, generator=g)\n"
+            "    b = torch.randn(7, generator=g)\n"
+            "    gy = torch.randn(3, 7, 14, 32, generator=g)\n"
+            "    for _ in range(3):  # a corrupted heap shows at a later free\n"
+            "        leaves = [x.to(dtype, memory_format=cl), w.to(dtype, memory_format=cl), b.to(dtype)]\n"
+            "        leaves = [t.requires_grad_() for t in leaves]\n"
+            "        out = fastseg.ops.conv_transpose2d(*leaves, **args)\n"
+            "        gx, gw, gb = torch.autograd.grad(out, leaves, gy.to(dtype), create_graph=True)\n"
+            "        (gx.square().sum() + gw.square().sum()).backward()\n"
+            "    assert gx.is_contiguous(memory_format=cl) and gw.is_contiguous(memory_format=cl)\n"
+            "    ref = [t.double().requires_grad_() for t in (x, w, b)]\n"
+            "    out = F.conv_transpose2d(*ref, **args)\n"
+            "    rx, rw, rb = torch.autograd.grad(out, ref, gy.double(), create_graph=True)\n"
+            "    (rx.square().sum() + rw.square().sum()).backward()\n"
+            "    for a, e in ((gx, rx), (gw, rw), (leaves[0].grad, ref[0].grad), (leaves[1].grad, ref[1].grad)):\n"
+            "        err = (a.double() - e).abs().max().item() / max(1.0, e.abs().max().item())\n"
+            "        assert err < tol, (dtype, err)\n"
+            "print('ok')\n")
+    run_under_heap_checks(code)
 
 
 @pytest.mark.parametrize("kernel,stride,cin,cout", [(3, 1, 96, 104), (4, 2, 128, 136)])

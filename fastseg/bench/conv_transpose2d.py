@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import fastseg
 from fastseg.bench import Case
-from fastseg.ops.conv_transpose2d import CONV_TRANSPOSE2D_IMPLS
+from fastseg.ops.conv_transpose2d import CONV_TRANSPOSE2D_IMPLS, output_size
 
 # (network, input shape [N, C_in, H, W], C_out, kernel, stride, padding)
 SHAPES = [
@@ -45,10 +45,11 @@ def _make(shape, cout, k, s, p, device, dtype, channels_last, grad=False):
         x = torch.randn(*shape, generator=g)
         w = torch.randn(shape[1], cout, k, k, generator=g) / (shape[1] * k * k) ** 0.5
         b = torch.randn(cout, generator=g)
-        size = [(n - 1) * s - 2 * p + k for n in shape[2:]]
+        size = output_size(*shape[2:], (k, k), (s, s), (p, p), (0, 0), (1, 1))
         gy = torch.randn(shape[0], cout, *size, generator=g) if grad else None
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        x, w, b = x.to(device, dtype).contiguous(memory_format=fmt), w.to(device, dtype).contiguous(memory_format=fmt), b.to(device, dtype)
+        x, w = (t.to(device, dtype).contiguous(memory_format=fmt) for t in (x, w))
+        b = b.to(device, dtype)
         if not grad:
             return x, w, b, s, p
         return x, w, b, gy.to(device, dtype).contiguous(memory_format=fmt), s, p

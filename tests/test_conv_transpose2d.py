@@ -340,6 +340,15 @@ def check_native_layer(n, cin, cout, h, w, padding, channels_last, bias, relu, s
     (3, 136, 256, 16, 16, 2, 0, 0),  # NCHW: blocks of two whole images (the last alone), W's rows in chunks of 64
     (3, 12, 10, 3, 5, 3, 1, 2),     # three images in one block, cropped taps in each
     (2, 20, 24, 3, 21, 2, (1, 0), (0, 1)),  # rows cropped, columns not: the vector gather, 16 + 5 wide
+    # NCHW fp32 on AVX-512, weights of <= 64K floats: split by pixels, each thread its own blocks
+    (1, 3, 5, 1, 1, 2, 0, 0),       # one pixel: one block, the other thread's weight gradient stays zero
+    (2, 7, 9, 13, 11, 2, 0, 0),     # a whole image a block: 143 pixels (masked columns, the bias sum's tail)
+    (1, 64, 32, 37, 64, 2, 0, 0),   # 8 rows a block: four full blocks and a 5-row one
+    (1, 8, 16, 3, 1500, 2, 0, 0),   # rows wider than a block's budget: one row a block
+    (3, 40, 24, 6, 7, 2, 1, 1),     # output_padding <= padding: the bias summed from the gathered blocks
+    # NCHW weights of > 64K floats: split by input channels
+    (3, 96, 192, 3, 5, 2, 1, 1),    # three whole images in one block, cropped taps
+    (1, 80, 256, 70, 8, 2, 0, 0),   # 64 + 6 rows of one image
 ])
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "NCHW"])
 def test_native_k_eq_s_backward_edges(n, cin, cout, h, w, kernel, padding, output_padding, channels_last):

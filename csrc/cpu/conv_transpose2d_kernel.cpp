@@ -115,10 +115,13 @@ void scatter_nhwc(const T* y, const T* bias, T* out, const ConvT2dParams& p, boo
 }
 
 // NCHW gather of input rows [iy0, iy1) of images [n0, n1) of grad_output gy (all images) into g:
-// [Cout, kh, kw, n1 - n0, iy1 - iy0, W] (zeros where padding cropped the tap).
+// [Cout, kh, kw, n1 - n0, iy1 - iy0, W] (zeros where padding cropped the tap), the (co, ky, kx) rows `ld`
+// apart (0: packed, (n1 - n0) * (iy1 - iy0) * W).
 template <typename T>
-void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t n0, int64_t n1, int64_t iy0, int64_t iy1) {
+void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t n0, int64_t n1, int64_t iy0, int64_t iy1,
+                 int64_t ld = 0) {
   const int64_t rows = iy1 - iy0, images = n1 - n0;
+  if (ld == 0) ld = images * rows * p.w;
   // fp32 kernel-2 stride-2 rows with no column padding (ox = 2 ix + kx, all inside the row): split by
   // vector permutes; the scalar stride-2 loop was 11.5% of the NCHW U-Net 128 -> 64 training step
   // (benchmarks/notes/conv_transpose2d.md, section 30).
@@ -128,15 +131,19 @@ void gather_nchw(const T* gy, T* g, const ConvT2dParams& p, int64_t n0, int64_t 
       const int64_t iy = iy0 + r % rows, t = r / rows, m = t % images, u = t / images, ky = u % p.kh, c = u / p.kh;
       const int64_t oy = iy * p.kh + ky - p.ph;
       for (int64_t kx = 0; kx < p.kw; ++kx) {
-        T* dst = g + ((((c * p.kh + ky) * p.kw + kx) * images + m) * rows + iy - iy0) * p.w;
+        T* dst = g + ((c * p.kh + ky) * p.kw + kx) * ld + (m * rows + iy - iy0) * p.w;
         if (oy < 0 || oy >= p.ho) {
           std::fill(dst, dst + p.w, T(0));
           continue;
         }
         const T* src = gy + (((n0 + m) * p.cout + c) * p.ho + oy) * p.wo;
         if (fast_k2) {  // both taps of the row at once (kx == 0 here: the loop breaks after it)
+          // The next channel's row: each channel's rows of a block are a few KB of their own, too short
+          // for the hardware's stream prefetch to get ahead of (the backward by pixels, 3-5% faster).
+          if (c + 1 < p.cout)
+            for (int64_t l = 0; l < p.wo; l += 16) __builtin_prefetch(src + p.ho * p.wo + l, 0, 3);
           avx512::deinterleave2(reinterpret_cast<const float*>(src), reinterpret_cast<float*>(dst),
-                                reinterpret_cast<float*>(dst + images * rows * p.w), p.w);
+                                reinterpret_cast<float*>(dst + ld), p.w);
           break;
         }
         for (int64_t ix = 0; ix < p.w; ++ix) {
@@ -185,6 +192,11 @@ void gather_nhwc(const T* gy, T* g, const ConvT2dParams& p, int64_t row0, int64_
 int64_t gather_block_rows(int64_t row_bytes, int64_t rows) {
   return std::clamp<int64_t>((int64_t(2) << 20) / row_bytes, 1, rows);
 }
+
+// The NCHW k == s backward by pixels (shuffle_backward_nchw_by_pixels): the largest weight, in floats, it
+// takes (each thread keeps a weight gradient of its own), and the bytes of its blocks.
+constexpr int64_t kByPixelsWeight = int64_t(64) << 10;
+constexpr int64_t kByPixelsBlock = int64_t(384) << 10;
 
 // Whether the k == s kernels on avx512::sgemm take this call: fp32, groups 1, an AVX-512 CPU.
 bool avx512_sgemm_fits(const at::Tensor& input, const ConvT2dParams& p) {
@@ -406,6 +418,61 @@ void shuffle_backward_nchw_avx512(const at::Tensor& gy, const at::Tensor& x, con
   }
 }
 
+// The NCHW k == s backward for fp32 layers with a small weight (shuffle_backward_nchw_by_pixels_fits: U-Net's
+// 128 -> 64), split by pixels instead of channels: each thread takes its own blocks of an image's input rows
+// and runs everything on a block in its own L2-sized buffers, with no barrier between blocks: the gather of
+// G [k*Cout, pixels] (once; both GEMMs read it in place), grad_input = W G, the bias gradient (G's row sums)
+// and grad_weight^T += G X^T into the thread's own accumulator (X^T packed: Cin = 2 Cout on U-Net's layers,
+// half of G's k*Cout rows). The accumulators are summed at the end.
+// The channel split above gathers and packs G three times in ~2 MB blocks (L3) and meets at four barriers a
+// block: on U-Net 128 -> 64 gather 1.8, packs 2.1, GEMMs 6.3, bias 0.44 ms of 10.7
+// (benchmarks/notes/conv_transpose2d.md, section 32).
+// x: the input (contiguous); w: [Cin, Cout * k]; gi: grad_input (contiguous); gw: [Cin, Cout * k], written;
+// gb: [Cout], written unless undefined (every output pixel must then be reached: output_padding <= padding).
+bool shuffle_backward_nchw_by_pixels_fits(const ConvT2dParams& p) {
+  return p.kh * p.kw * p.cout * p.cin <= kByPixelsWeight;
+}
+
+void shuffle_backward_nchw_by_pixels(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
+                                     const ConvT2dParams& p, at::Tensor& gi, at::Tensor& gw, at::Tensor gb) {
+  const int64_t k = p.kh * p.kw, kn = k * p.cout, plane = p.h * p.w;
+  // Rows of a block: G and X^T's pack in ~kByPixelsBlock bytes, beside W and the accumulator.
+  const int64_t rows = std::clamp<int64_t>(kByPixelsBlock / ((kn + p.cin) * p.w * 4), 1, p.h);
+  const int64_t per_image = (p.h + rows - 1) / rows, blocks = p.n * per_image;
+  // G's rows 16 floats further apart than a block's pixels: a multiple of 4 KB apart, every row of a
+  // depth step would fall into the same L1 sets.
+  const int64_t ldg = rows * p.w + 16, x_packed = avx512::packed_b_size(rows * p.w, p.cin);
+  const int64_t threads = at::get_num_threads();
+  at::Tensor g_buffer = at::empty({threads, kn * ldg}, x.options());
+  at::Tensor x_buffer = at::empty({threads, x_packed}, x.options());
+  at::Tensor gwt = at::zeros({threads, kn, p.cin}, x.options());  // grad_weight^T of each thread's blocks
+  at::Tensor gbq = at::zeros({threads, kn}, x.options());         // grad_output summed per (co, ky, kx)
+  const float* gys = gy.data_ptr<float>();
+  const float* xs = x.data_ptr<float>();
+  const float* ws = w.data_ptr<float>();
+  float* gis = gi.data_ptr<float>();
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    const int64_t t = at::get_thread_num();
+    float* g = g_buffer.data_ptr<float>() + t * kn * ldg;
+    float* xp = x_buffer.data_ptr<float>() + t * x_packed;
+    float* acc = gwt.data_ptr<float>() + t * kn * p.cin;
+    float* bsum = gbq.data_ptr<float>() + t * kn;
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n = b / per_image, iy0 = b % per_image * rows, iy1 = std::min(p.h, iy0 + rows);
+      const int64_t pix0 = iy0 * p.w, np = (iy1 - iy0) * p.w;
+      gather_nchw<float>(gys, g, p, n, n + 1, iy0, iy1, ldg);  // in this thread: inside a parallel region
+      if (gb.defined())
+        for (int64_t q = 0; q < kn; ++q) bsum[q] += avx512::sum(g + q * ldg, np);
+      const float* xn = xs + n * p.cin * plane + pix0;
+      avx512::pack_b(np, p.cin, xn, 1, plane, xp, 0, (p.cin + 31) / 32);  // B(pix, ci) = x[n][ci][pix]
+      avx512::sgemm(p.cin, np, kn, ws, kn, 1, g, ldg, false, gis + n * p.cin * plane + pix0, plane, false);
+      avx512::sgemm(kn, p.cin, np, g, ldg, 1, xp, 0, true, acc, p.cin, true);
+    }
+  });
+  gw.view({p.cin, kn}).copy_(gwt.sum(0).t());
+  if (gb.defined()) gb.copy_(gbq.sum(0).view({p.cout, k}).sum(1));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor& grad_out, const at::Tensor& input,
                                                                 const at::Tensor& weight, const ConvT2dParams& p,
                                                                 at::MemoryFormat fmt) {
@@ -415,9 +482,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
             std::get<2>(r).to(input.scalar_type())};
   }
   const int64_t k = p.kh * p.kw, plane = p.h * p.w;
-  at::Tensor grad_bias = grad_out.sum({0, 2, 3});
   at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));
   at::Tensor grad_weight;
+  if (fmt == at::MemoryFormat::Contiguous && avx512_sgemm_fits(input, p) && shuffle_backward_nchw_by_pixels_fits(p)) {
+    // The bias gradient from the gathered blocks where they hold every output pixel.
+    const bool all_reached = p.oph <= p.ph && p.opw <= p.pw;
+    at::Tensor grad_bias = all_reached ? at::empty({p.cout}, grad_out.options()) : grad_out.sum({0, 2, 3});
+    grad_weight = at::empty({p.cin, p.cout, p.kh, p.kw}, input.options());
+    shuffle_backward_nchw_by_pixels(grad_out.contiguous(), input.contiguous(),
+                                    weight.contiguous().view({p.cin, p.cout * k}), p, grad_input, grad_weight,
+                                    all_reached ? grad_bias : at::Tensor());
+    return {grad_input, grad_weight, grad_bias};
+  }
+  at::Tensor grad_bias = grad_out.sum({0, 2, 3});
   if (fmt == at::MemoryFormat::Contiguous) {
     const at::Tensor gy = grad_out.contiguous();
     const at::Tensor x = input.contiguous();
@@ -511,6 +588,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
 //   avx512::sgemm), channels_last (1.1-1.9x oneDNN's backward) and NCHW: every fp32 layer on AVX-512
 //   (fwd+bwd 1.2-1.8x on the Zen 5 box, 0.99x on 2 x 512 x 4 x 4, where oneDNN's read 0.74-0.83x: section
 //   30), else those with <= 64 channels on a side (U-Net 128 -> 64); oneDNN on the other NCHW layers.
+//   fp32 NCHW layers with a weight of <= 64K floats on AVX-512 (U-Net 128 -> 64) split by pixels between
+//   the threads, the others by input channels (section 32).
 //   Other backward: oneDNN (at::convolution_backward), through channels_last on NCHW layers with <= 40
 //   channels on a side (the forward takes that path up to 64); in NCHW, either format, on degenerate
 //   layers, where its channels_last backward is unsound (onednn_channels_last_backward_unsafe).

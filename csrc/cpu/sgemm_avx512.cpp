@@ -224,9 +224,27 @@ __attribute__((target("avx512f"))) void deinterleave2(const float* src, float* e
   for (; i < n; ++i) even[i] = src[2 * i], odd[i] = src[2 * i + 1];
 }
 
+__attribute__((target("avx512f"))) float sum(const float* x, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_add_ps(acc0, _mm512_loadu_ps(x + i));
+    acc1 = _mm512_add_ps(acc1, _mm512_loadu_ps(x + i + 16));
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? 0xffff : (1u << (n - i)) - 1;
+    acc0 = _mm512_add_ps(acc0, _mm512_maskz_loadu_ps(m, x + i));
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
 #else
 
 bool available() { return false; }
+
+float sum(const float*, int64_t) {
+  throw std::logic_error("fastseg: avx512::sum called on a CPU without AVX-512 (check avx512::available())");
+}
 
 void deinterleave2(const float*, float*, float*, int64_t) {
   throw std::logic_error("fastseg: avx512::deinterleave2 called on a CPU without AVX-512 (check avx512::available())");

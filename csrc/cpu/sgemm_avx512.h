@@ -46,5 +46,8 @@ void sgemm_rows(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_rs, i
 // (the NCHW k == s backward's gather).
 void deinterleave2(const float* src, float* even, float* odd, int64_t n);
 
+// x[0] + ... + x[n - 1], in 16 lanes: the bias gradient summed from the gathered grad_output.
+float sum(const float* x, int64_t n);
+
 }  // namespace avx512
 }  // namespace fastseg

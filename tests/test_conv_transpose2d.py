@@ -212,8 +212,11 @@ def test_output_padding_region_is_written(backend_name):
         assert torch.equal(out[0, :, -1, :], b[:, None].expand(4, 11))
 
 
-@pytest.mark.parametrize("n,cin,cout,h,w", [(2, 16, 6, 8, 8), (1, 5, 2, 4, 8), (3, 24, 4, 2, 16), (1, 9, 10, 4, 24),
-                                             (2, 3, 8, 1, 32)])
+@pytest.mark.parametrize("n,cin,cout,h,w", [
+    (2, 16, 6, 8, 8), (1, 5, 2, 4, 8), (3, 24, 4, 2, 16), (1, 9, 10, 4, 24), (2, 3, 8, 1, 32),
+    (2, 5, 4, 32, 32),     # 1,024 pixels: each tile's X copied first; one block of channel pairs: prefetched
+    (2, 1024, 18, 1, 32),  # two blocks of channel pairs (8 + 1), X read in place, nothing prefetched
+])
 @pytest.mark.parametrize("bias,relu", [(True, False), (False, False), (True, True)])
 def test_native_fused_k2s2_nchw_kernel(n, cin, cout, h, w, bias, relu):
     """The fused fp32 NCHW kernel-2 stride-2 CPU kernel (GEMM with a pixel-shuffle epilogue: widths that are

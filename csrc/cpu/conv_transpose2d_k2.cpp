@@ -53,17 +53,17 @@ __attribute__((target("avx512f"))) inline void store_pair(__m512 e0, __m512 e1, 
 }
 
 // Output channel pairs [mb0, mb1) of the 32 pixels p0 .. p0 + 31 of one image. A: packed weights
-// [Cout/2][K][8]; X: the image [K, P]; out: the image's output [Cout, 2H, 2W].
+// [Cout/2][K][8]; X: the image [K, P]; out: the image's output [Cout, 2H, 2W]; xt: K * 32 floats to copy
+// the tile's X into, or nullptr to read it in place; next: the next tile's X to prefetch, or nullptr.
 __attribute__((target("avx512f"))) void pixel_tile(const float* A, const float* X, const float* bias, float* out,
                                                    int64_t K, int64_t P, int64_t W, int64_t mb0, int64_t mb1,
                                                    int64_t p0, bool relu, float* xt, const float* next) {
-  // The tile's [K][32] block of X copied together first: in place its rows lie P floats apart, a multiple
-  // of 4 KiB on the U-Net and Hourglass images (P = 256-4096), so they all fell into the same few cache
-  // sets and were read again from L2/L3 for every channel pair (benchmarks/notes/conv_transpose2d.md, section 28).
-  for (int64_t k = 0; k < K; ++k) {
-    _mm512_storeu_ps(xt + k * kNR, _mm512_loadu_ps(X + k * P + p0));
-    _mm512_storeu_ps(xt + k * kNR + 16, _mm512_loadu_ps(X + k * P + p0 + 16));
-  }
+  if (xt)
+    for (int64_t k = 0; k < K; ++k) {
+      _mm512_storeu_ps(xt + k * kNR, _mm512_loadu_ps(X + k * P + p0));
+      _mm512_storeu_ps(xt + k * kNR + 16, _mm512_loadu_ps(X + k * P + p0 + 16));
+    }
+  const int64_t ldb = xt ? kNR : P;
   for (int64_t mb = mb0; mb < mb1; ++mb) {
     if (next)  // this pair's share of the next tile's rows of X
       for (int64_t k = (mb - mb0) * K / (mb1 - mb0); k < (mb - mb0 + 1) * K / (mb1 - mb0); ++k) {
@@ -71,10 +71,10 @@ __attribute__((target("avx512f"))) void pixel_tile(const float* A, const float* 
         _mm_prefetch(reinterpret_cast<const char*>(next + k * P + 16), _MM_HINT_T0);
       }
     const float* a = A + mb * K * kMR;
-    const float* b = xt;
+    const float* b = xt ? xt : X + p0;
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
            c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
-    for (int64_t k = 0; k < K; ++k, b += kNR, a += kMR) {
+    for (int64_t k = 0; k < K; ++k, b += ldb, a += kMR) {
       const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #define FASTSEG_ROW(r)                               \
   {                                                  \
@@ -137,14 +137,21 @@ bool conv_transpose2d_k2_nchw(const at::Tensor& input, const at::Tensor& weight,
   // its share of the next tile's (U-Net 128 -> 64: 2.98-3.05 -> 2.78-2.80 ms). With several blocks X comes
   // back from L2/L3 and the prefetches cost 0-2.5% (256 -> 128, 512 -> 256, 1024 -> 512, the Hourglass).
   const bool prefetch = chunks == 1;
+  // The tile's [K][32] block of X is copied together first where X's rows lie a multiple of 4 KiB apart
+  // (images of 32 x 32, 64 x 64): in place they all fell into the same few cache sets and were read again
+  // from L2/L3 for every channel pair (benchmarks/notes/conv_transpose2d.md, section 28). Elsewhere the
+  // copy, made again for every block of channel pairs, cost more than it saved: in place 5-10% faster on
+  // 8 x 8, 16 x 16 and 24 x 24 images (section 32).
+  const bool copy_x = P % 1024 == 0;
   at::parallel_for(0, chunks * p.n * tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> xt(K * kNR);
+    std::vector<float> xt(copy_x ? K * kNR : 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t mc = t / (p.n * tiles), rest = t % (p.n * tiles), n = rest / tiles, p0 = (rest % tiles) * kNR;
       const int64_t mb0 = mc * chunk, mb1 = std::min(pairs, mb0 + chunk);
       const int64_t t1 = t + 1, n1 = t1 % (p.n * tiles) / tiles, p1 = t1 % tiles * kNR;  // the next task's X
       const float* next = prefetch && t1 < end ? x + n1 * K * P + p1 : nullptr;
-      pixel_tile(A, x + n * K * P, bp, o + n * p.cout * 4 * P, K, P, p.w, mb0, mb1, p0, relu, xt.data(), next);
+      pixel_tile(A, x + n * K * P, bp, o + n * p.cout * 4 * P, K, P, p.w, mb0, mb1, p0, relu,
+                 copy_x ? xt.data() : nullptr, next);
     }
   });
   return true;

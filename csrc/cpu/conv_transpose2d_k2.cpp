@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "conv_transpose2d.h"
@@ -52,8 +53,8 @@ __attribute__((target("avx512f"))) inline void store_pair(__m512 e0, __m512 e1, 
   _mm512_storeu_ps(plane + (2 * i1 + ky) * W2 + 2 * j1, b);
 }
 
-// Output channel pairs [mb0, mb1) of the 32 pixels p0 .. p0 + 31 of one image. A: packed weights
-// [Cout/2][K][8]; X: the image [K, P]; out: the image's output [Cout, 2H, 2W]; xt: K * 32 floats to copy
+// Output channel pairs [mb0, mb1) of the 32 pixels p0 .. p0 + 31 of one image. A: their packed weights
+// [mb1 - mb0][K][8]; X: the image [K, P]; out: the image's output [Cout, 2H, 2W]; xt: K * 32 floats to copy
 // the tile's X into, or nullptr to read it in place; next: the next tile's X to prefetch, or nullptr.
 __attribute__((target("avx512f"))) void pixel_tile(const float* A, const float* X, const float* bias, float* out,
                                                    int64_t K, int64_t P, int64_t W, int64_t mb0, int64_t mb1,
@@ -70,7 +71,7 @@ __attribute__((target("avx512f"))) void pixel_tile(const float* A, const float* 
         _mm_prefetch(reinterpret_cast<const char*>(next + k * P), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(next + k * P + 16), _MM_HINT_T0);
       }
-    const float* a = A + mb * K * kMR;
+    const float* a = A + (mb - mb0) * K * kMR;
     const float* b = xt ? xt : X + p0;
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
            c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
@@ -113,18 +114,18 @@ bool conv_transpose2d_k2_nchw(const at::Tensor& input, const at::Tensor& weight,
   static const bool avx512 = __builtin_cpu_supports("avx512f");
   if (!fits || !avx512) return false;
   const int64_t K = p.cin;
-  // Packed weights: for each pair of output channels, [K][8] (the 8 GEMM rows of a tile side by side).
-  // (Uninitialised and packed in parallel: at 1024 -> 512 channels it is 8 MB, a zero-filled
-  // std::vector cost ~1 ms of a 7 ms call.)
+  // Packed weights: for each pair of output channels, [K][8] (the 8 GEMM rows of a tile side by side), packed
+  // by each thread for the block of channel pairs its tasks are on, into a buffer of its own that stays in
+  // L2. Packing the whole weight up front wrote it out to memory and read it back (8 MB at 1024 -> 512): per
+  // block, 1024 -> 512 ~5%, 512 -> 256 ~2% and the Hourglass k2 ~1% faster, U-Net 128 -> 64 (one block)
+  // the same (benchmarks/notes/conv_transpose2d.md, section 32).
   const at::Tensor wv = weight.contiguous();
-  const at::Tensor packed = at::empty({p.cout * 4 * K}, wv.options());
-  float* A = packed.data_ptr<float>();
   const float* w = wv.data_ptr<float>();
-  at::parallel_for(0, p.cout / 2, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t mb = begin; mb < end; ++mb)
+  auto pack = [&](float* dst, int64_t mb0, int64_t mb1) {  // pairs [mb0, mb1) into dst: [mb1 - mb0][K][8]
+    for (int64_t mb = mb0; mb < mb1; ++mb)
       for (int64_t k = 0; k < K; ++k)
-        for (int64_t r = 0; r < kMR; ++r) A[(mb * K + k) * kMR + r] = w[k * p.cout * 4 + mb * kMR + r];
-  });
+        for (int64_t r = 0; r < kMR; ++r) dst[((mb - mb0) * K + k) * kMR + r] = w[k * p.cout * 4 + mb * kMR + r];
+  };
   const float* x = input.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* o = out.data_ptr<float>();
@@ -140,17 +141,20 @@ bool conv_transpose2d_k2_nchw(const at::Tensor& input, const at::Tensor& weight,
   // The tile's [K][32] block of X is copied together first where X's rows lie a multiple of 4 KiB apart
   // (images of 32 x 32, 64 x 64): in place they all fell into the same few cache sets and were read again
   // from L2/L3 for every channel pair (benchmarks/notes/conv_transpose2d.md, section 28). Elsewhere the
-  // copy, made again for every block of channel pairs, cost more than it saved: in place 5-10% faster on
+  // copy, made again for every block of channel pairs, cost more than it saved: in place 3-8% faster on
   // 8 x 8, 16 x 16 and 24 x 24 images (section 32).
   const bool copy_x = P % 1024 == 0;
   at::parallel_for(0, chunks * p.n * tiles, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> xt(copy_x ? K * kNR : 0);
+    const std::unique_ptr<float[]> a(new float[std::min(chunk, pairs) * K * kMR]);  // uninitialised until packed
+    int64_t packed_chunk = -1;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t mc = t / (p.n * tiles), rest = t % (p.n * tiles), n = rest / tiles, p0 = (rest % tiles) * kNR;
       const int64_t mb0 = mc * chunk, mb1 = std::min(pairs, mb0 + chunk);
+      if (mc != packed_chunk) pack(a.get(), mb0, mb1), packed_chunk = mc;
       const int64_t t1 = t + 1, n1 = t1 % (p.n * tiles) / tiles, p1 = t1 % tiles * kNR;  // the next task's X
       const float* next = prefetch && t1 < end ? x + n1 * K * P + p1 : nullptr;
-      pixel_tile(A, x + n * K * P, bp, o + n * p.cout * 4 * P, K, P, p.w, mb0, mb1, p0, relu,
+      pixel_tile(a.get(), x + n * K * P, bp, o + n * p.cout * 4 * P, K, P, p.w, mb0, mb1, p0, relu,
                  copy_x ? xt.data() : nullptr, next);
     }
   });

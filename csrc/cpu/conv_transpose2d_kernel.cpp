@@ -482,19 +482,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> shuffle_backward(const at::Tensor
             std::get<2>(r).to(input.scalar_type())};
   }
   const int64_t k = p.kh * p.kw, plane = p.h * p.w;
+  const bool by_pixels =
+      fmt == at::MemoryFormat::Contiguous && avx512_sgemm_fits(input, p) && shuffle_backward_nchw_by_pixels_fits(p);
+  // The split by pixels sums the bias gradient from its gathered blocks where they hold every output pixel.
+  const bool bias_from_blocks = by_pixels && p.oph <= p.ph && p.opw <= p.pw;
+  at::Tensor grad_bias = bias_from_blocks ? at::empty({p.cout}, grad_out.options()) : grad_out.sum({0, 2, 3});
   at::Tensor grad_input = at::empty({p.n, p.cin, p.h, p.w}, input.options().memory_format(fmt));
   at::Tensor grad_weight;
-  if (fmt == at::MemoryFormat::Contiguous && avx512_sgemm_fits(input, p) && shuffle_backward_nchw_by_pixels_fits(p)) {
-    // The bias gradient from the gathered blocks where they hold every output pixel.
-    const bool all_reached = p.oph <= p.ph && p.opw <= p.pw;
-    at::Tensor grad_bias = all_reached ? at::empty({p.cout}, grad_out.options()) : grad_out.sum({0, 2, 3});
+  if (by_pixels) {
     grad_weight = at::empty({p.cin, p.cout, p.kh, p.kw}, input.options());
     shuffle_backward_nchw_by_pixels(grad_out.contiguous(), input.contiguous(),
                                     weight.contiguous().view({p.cin, p.cout * k}), p, grad_input, grad_weight,
-                                    all_reached ? grad_bias : at::Tensor());
+                                    bias_from_blocks ? grad_bias : at::Tensor());
     return {grad_input, grad_weight, grad_bias};
   }
-  at::Tensor grad_bias = grad_out.sum({0, 2, 3});
   if (fmt == at::MemoryFormat::Contiguous) {
     const at::Tensor gy = grad_out.contiguous();
     const at::Tensor x = input.contiguous();
